@@ -1,0 +1,3 @@
+from llmclone.cli import main
+
+main()

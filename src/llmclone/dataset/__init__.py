@@ -1,0 +1,1 @@
+"""Chats → training samples: dialogues, privacy, the ingest pipeline and its outputs."""

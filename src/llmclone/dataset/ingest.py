@@ -1,0 +1,486 @@
+"""`llmclone ingest`: exports → train.jsonl / eval.jsonl / stats.json in a private dataset directory.
+
+One chat is in memory at a time. Samples are spilled to disk as they are made, with the time of
+their owner turn; once the whole history is seen, the latest `eval_fraction` of owner turns (by date)
+go to eval.jsonl and the rest to train.jsonl, so evaluation always measures the future.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import multiprocessing
+import os
+import re
+import sqlite3
+from array import array
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from itertools import chain
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from tqdm import tqdm
+
+from llmclone.dataset.io import PRIVATE_FILE, atomic_dir, write_json
+from llmclone.dataset.privacy import Scrubber
+from llmclone.dataset.samples import SampleMaker
+from llmclone.errors import UserError
+from llmclone.sources.base import GROUP, Chat, Message, Tally
+from llmclone.sources.telegram import (
+    Export,
+    NotFastPath,
+    RawChat,
+    RestartWithStreaming,
+    classify_chat,
+    open_export,
+)
+
+STATS_VERSION = 1
+
+
+@dataclass
+class IngestOptions:
+    me: str | None = None  # "user123", "123" or a display name
+    groups: bool = False
+    chats: list[str] = field(default_factory=list)  # names or ids to include (only these)
+    exclude_chats: list[str] = field(default_factory=list)
+    since: str | None = None  # YYYY-MM-DD, inclusive
+    until: str | None = None  # YYYY-MM-DD, exclusive
+    merge_gap: int = 300  # seconds between messages of one burst
+    session_gap: int = 4 * 3600  # seconds of silence that end a session
+    max_context: int = 256  # context budget of a sample
+    context_unit: str = "tokens"  # "tokens" (estimated) or "chars"
+    eval_fraction: float = 0.1
+    redact_file: str | None = None
+    drop_redacted: bool = False
+
+    def validate(self) -> None:
+        if self.merge_gap < 0 or self.session_gap <= 0:
+            raise UserError("--merge-gap must be ≥ 0 and --session-gap > 0 seconds.")
+        if self.merge_gap >= self.session_gap:
+            raise UserError("--merge-gap must be shorter than --session-gap; lower it or raise the session gap.")
+        if self.max_context < 1:
+            raise UserError("--max-context must be at least 1.")
+        if self.context_unit not in ("tokens", "chars"):
+            raise UserError("--context-unit must be 'tokens' or 'chars'.")
+        if not 0 <= self.eval_fraction < 1:
+            raise UserError("--eval-fraction must be between 0 and 1 (e.g. 0.1 for the latest 10%).")
+        if self.drop_redacted and not self.redact_file:
+            raise UserError("--drop-redacted needs --redact-file with the words to look for.")
+        self.window()
+
+    def window(self) -> tuple[int | None, int | None]:
+        return _day(self.since, "--since"), _day(self.until, "--until")
+
+
+def _day(value: str | None, flag: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        raise UserError(f"{flag} {value!r} is not a date; write it as YYYY-MM-DD.") from None
+
+
+# -- selection and owner ---------------------------------------------------------------------------
+def make_selector(options: IngestOptions) -> Callable[[str, int, str | None], str]:
+    wanted = {c.casefold() for c in options.chats}
+    unwanted = {c.casefold() for c in options.exclude_chats}
+
+    def named(chat_id: int, name: str | None, names: set[str]) -> bool:
+        return str(chat_id) in names or (name is not None and name.casefold() in names)
+
+    def select(chat_type: str, chat_id: int, name: str | None) -> str:
+        verdict = classify_chat(chat_type, chat_id)
+        if verdict.startswith("skip:"):
+            return verdict
+        if named(chat_id, name, unwanted):
+            return "skip:excluded"
+        if wanted:
+            return verdict if named(chat_id, name, wanted) else "skip:not_selected"
+        if verdict == GROUP and not options.groups:
+            return "skip:group"
+        return verdict
+
+    return select
+
+
+class OwnerResolver:
+    """Decides which sender is the owner in each chat: --me, else each export's own account."""
+
+    def __init__(self, me: str | None) -> None:
+        me = (me or "").strip()
+        self.fixed = None
+        self.name = None
+        if re.fullmatch(r"(?:user)?\d+", me):
+            self.fixed = "user" + me.removeprefix("user")
+        elif me:
+            self.name = me.casefold()
+        self.learned: str | None = None
+        self.export_owner: tuple[str, str] | None = None  # (owner id, export label)
+        self.ids: set[str] = set()
+        self.names: Counter[str] = Counter()
+        self.account_name: str | None = None
+
+    def flag(self, chat: Chat, export: Export) -> None:
+        owner = self.fixed or self._by_name(chat, export)
+        if owner is None and self.name is None:
+            owner = export.owner_id
+            if owner is None:
+                raise UserError(
+                    f"cannot tell which sender is you in {export.label}; pass --me with your Telegram "
+                    "user id (e.g. --me user123456) or your display name (--me \"Ann Smith\")."
+                )
+            if self.export_owner and self.export_owner[0] != owner:
+                raise UserError(
+                    f"{export.label} and {self.export_owner[1]} are exports of different accounts "
+                    f"({owner}, {self.export_owner[0]}); ingest them separately or pass --me."
+                )
+            self.export_owner = (owner, export.label)
+        if owner is not None and owner == export.owner_id and export.owner_name:
+            self.account_name = export.owner_name
+        for m in chat.messages:
+            m.is_owner = m.sender == owner
+        if owner is not None:
+            self.ids.add(owner)
+
+    def _by_name(self, chat: Chat, export: Export) -> str | None:
+        if self.name is None:
+            return None
+        if export.owner_name and export.owner_name.casefold() == self.name:
+            return export.owner_id
+        found = next((m.sender for m in chat.messages if (m.sender_name or "").casefold() == self.name), None)
+        if found:
+            self.learned = found
+        return found or self.learned
+
+    def display_name(self) -> str | None:
+        if self.account_name:
+            return self.account_name
+        return self.names.most_common(1)[0][0] if self.names else None
+
+    def key(self) -> str:
+        """A pseudonymous owner fingerprint: lets later stages check a clone and a dataset belong together."""
+        return hashlib.blake2b(",".join(sorted(self.ids)).encode(), digest_size=8).hexdigest()
+
+
+# -- several exports: merged and deduplicated in SQLite, on disk --------------------------------------
+def merged_chats(flagged: Iterator[Chat], db_path: Path) -> Iterator[Chat]:
+    """Chats that appear in several exports become one, each message once (same id, time and sender)."""
+    db = sqlite3.connect(db_path)
+    try:
+        db.executescript(
+            """
+            CREATE TABLE chats (n INTEGER PRIMARY KEY, source TEXT, kind TEXT, id INTEGER, name TEXT,
+                                UNIQUE (source, kind, id));
+            CREATE TABLE messages (chat INTEGER, seq INTEGER, id INTEGER, sender TEXT, ts INTEGER,
+                                   text TEXT, reply_to INTEGER, sender_name TEXT, is_owner INTEGER,
+                                   UNIQUE (chat, id, ts, sender));
+            """
+        )
+        seq = 0
+        for chat in flagged:
+            db.execute("INSERT OR IGNORE INTO chats (source, kind, id, name) VALUES (?, ?, ?, ?)",
+                       (chat.source, chat.kind, chat.id, chat.name))
+            (n,) = db.execute("SELECT n FROM chats WHERE source=? AND kind=? AND id=?",
+                              (chat.source, chat.kind, chat.id)).fetchone()
+            db.executemany(
+                "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ((n, seq + i, m.id, m.sender, m.ts, m.text, m.reply_to, m.sender_name, m.is_owner)
+                 for i, m in enumerate(chat.messages)),
+            )
+            seq += len(chat.messages)
+        db.commit()
+        for n, source, kind, chat_id, name in db.execute("SELECT * FROM chats ORDER BY n").fetchall():
+            rows = db.execute(
+                "SELECT id, sender, ts, text, reply_to, sender_name, is_owner FROM messages "
+                "WHERE chat=? ORDER BY ts, seq", (n,))
+            messages = [Message(i, s, ts, t, r, sn, bool(o)) for i, s, ts, t, r, sn, o in rows]
+            yield Chat(source, chat_id, kind, name, messages)
+    finally:
+        db.close()
+
+
+# -- the pipeline ----------------------------------------------------------------------------------
+def ingest(paths: Sequence[str | Path], out: str | Path, options: IngestOptions | None = None,
+           force: bool = False, progress: bool = True, workers: int | None = None) -> dict[str, Any]:
+    """Build the dataset directory `out` from one or more exports; returns the stats written there.
+
+    `workers`: processes that parse chats and build samples (default: one per core; 1 = in-process).
+    """
+    options = options or IngestOptions()
+    options.validate()
+    if not paths:
+        raise UserError("no export given; pass the path to a Telegram export (result.json, folder or .zip).")
+    exports, seen = [], set()
+    for p in paths:
+        export = open_export(p)
+        if export.path.resolve() not in seen:
+            seen.add(export.path.resolve())
+            exports.append(export)
+    workers = workers or len(os.sched_getaffinity(0))
+    while True:
+        try:
+            return _run(exports, Path(out), options, force, progress, workers)
+        except RestartWithStreaming:
+            continue  # an export the fast path misread: now marked, read again from the start
+
+
+def _run(exports: list[Export], out: Path, options: IngestOptions, force: bool, progress: bool, workers: int
+         ) -> dict[str, Any]:
+    tally = Tally()
+    scrubber = Scrubber.from_file(options.redact_file)
+    owner = OwnerResolver(options.me)
+    select = make_selector(options)
+    maker = SampleMaker(options, scrubber)
+
+    with atomic_dir(out, force, what="dataset") as tmp:
+        bar = tqdm(total=sum(e.size for e in exports), unit="B", unit_scale=True, desc="reading",
+                   disable=not progress, leave=False)
+        spill_path = tmp / "samples.spill"
+        with open(spill_path, "wb") as spill:
+            parallel = (len(exports) == 1 and workers > 1 and owner.name is None
+                        and exports[0].size >= _PARALLEL_MIN_BYTES)
+            if parallel:
+                _parallel(exports[0], select, tally, bar.update, owner, maker, spill, workers)
+            else:
+                def flagged() -> Iterator[Chat]:
+                    for export in exports:
+                        for chat in export.chats(select, tally, bar.update):
+                            owner.flag(chat, export)
+                            yield chat
+
+                chats = flagged() if len(exports) == 1 else merged_chats(flagged(), tmp / "merge.sqlite")
+                for chat in chats:
+                    maker.add(chat, spill)
+        bar.close()
+        (tmp / "merge.sqlite").unlink(missing_ok=True)
+        tally.dropped_messages.update(maker.tally.dropped_messages)
+        tally.skipped_chats.update(maker.tally.skipped_chats)
+        owner.names.update(maker.owner_names)
+        counts = maker.counts
+
+        if counts["chats_used"] == 0 and counts["chats_owner_silent"] == 0:
+            if not tally.skipped_chats:
+                raise UserError(f"{exports[0].label} contains no chats; export again with personal chats "
+                                "selected.")
+            skipped = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in sorted(tally.skipped_chats.items()))
+            raise UserError(f"none of the chats in {exports[0].label} can be used (skipped: {skipped}); personal "
+                            "chats are used by default, add --groups for groups or pick chats with --chat.")
+        if counts["owner_messages"] == 0:
+            who = options.me or owner.display_name() or next(iter(owner.ids), "the owner")
+            raise UserError(
+                f"{who} wrote no messages in the selected chats of {exports[0].label}; check --me and the "
+                "chat selection (--groups, --chat, --since/--until)."
+            )
+        cutoff = _cutoff(maker.owner_times, options.eval_fraction)
+        split = _route(spill_path, tmp, maker, cutoff)
+        spill_path.unlink()
+        stats = _stats(exports, options, owner, tally, scrubber, counts, split, cutoff)
+        write_json(tmp / "stats.json", stats)
+    return stats
+
+
+# -- several cores ---------------------------------------------------------------------------------
+_PARALLEL_MIN_BYTES = 8 << 20  # below this, starting processes costs more than it saves
+_BATCH_BYTES = 1 << 20
+_worker_state: dict[str, Any] = {}
+
+
+def _parallel(export: Export, select: Callable[[str, int, str | None], str], tally: Tally,
+              progress: Callable[[int], None], owner: OwnerResolver, maker: SampleMaker, spill: BinaryIO,
+              workers: int) -> None:
+    """Parse chats and build their samples in worker processes; results are written in file order.
+
+    At most 2 batches per worker are in flight, so memory stays bounded whatever the file size.
+    """
+    items = export.chats(select, tally, progress, parse=False)
+    first = next(items, None)
+    if first is None:
+        return
+    if isinstance(first, Chat):  # the streaming path: this file is read in-process
+        for chat in chain([first], items):
+            owner.flag(chat, export)  # type: ignore[arg-type]
+            maker.add(chat, spill)  # type: ignore[arg-type]
+        return
+    owner_id = owner.fixed or export.owner_id
+    if owner_id is None:
+        owner.flag(Chat("telegram", 0, "personal", None), export)  # raises the owner error
+    owner.ids.add(owner_id)
+    if owner_id == export.owner_id and export.owner_name:
+        owner.account_name = export.owner_name
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(maker.options, maker.scrubber, owner_id)) as pool:
+        pending: deque[Future] = deque()
+
+        def collect(future: Future) -> None:
+            result = future.result()
+            if result is None:  # a chat the fast path could not parse: read this file again, streaming
+                export.streaming = True
+                raise RestartWithStreaming("a chat did not parse")
+            lines, part = result
+            spill.write(lines)
+            maker.merge(part)
+
+        for batch in _batches(chain([first], items)):
+            pending.append(pool.submit(_work, batch))
+            while len(pending) >= 2 * workers:
+                collect(pending.popleft())
+        while pending:
+            collect(pending.popleft())
+
+
+def _batches(items: Iterator[Any]) -> Iterator[list[RawChat]]:
+    batch: list[RawChat] = []
+    size = 0
+    for item in items:
+        batch.append(item)
+        size += len(item.raw)
+        if size >= _BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _init_worker(options: IngestOptions, scrubber: Scrubber, owner_id: str) -> None:
+    _worker_state.update(options=options, scrubber=scrubber, owner=owner_id)
+
+
+def _work(batch: list[RawChat]) -> tuple[bytes, SampleMaker] | None:
+    scrubber = _worker_state["scrubber"]
+    scrubber.counts = Counter()
+    maker = SampleMaker(_worker_state["options"], scrubber)
+    owner_id = _worker_state["owner"]
+    out = io.BytesIO()
+    for raw in batch:
+        try:
+            chat = raw.parse(maker.tally)
+        except NotFastPath:
+            return None
+        for m in chat.messages:
+            m.is_owner = m.sender == owner_id
+        maker.add(chat, out)
+    return out.getvalue(), maker
+
+
+def _cutoff(times: array, fraction: float) -> int | None:
+    """The time from which owner turns go to eval: the latest `fraction` of them, by date."""
+    if fraction <= 0 or not times:
+        return None
+    ordered = sorted(times)
+    index = min(len(ordered) - 1, int(len(ordered) * (1 - fraction)))
+    return ordered[index]
+
+
+def _route(spill_path: Path, tmp: Path, maker: SampleMaker, cutoff: int | None) -> dict[str, dict[str, Any]]:
+    """Split the spill into train.jsonl and eval.jsonl by copying runs of lines (no parsing)."""
+    names = ("train", "eval")
+    digests = {name: hashlib.blake2b(digest_size=32) for name in names}
+    samples, tokens = Counter(), Counter()
+    with open(spill_path, "rb") as src, open(tmp / "train.jsonl", "wb") as train, open(tmp / "eval.jsonl", "wb") as ev:
+        outs = {"train": train, "eval": ev}
+        offset = run_start = 0
+        run_name = "train"
+        for i, (when, length) in enumerate(zip(maker.owner_times, maker.lengths, strict=True)):
+            name = "eval" if cutoff is not None and when >= cutoff else "train"
+            if name != run_name:
+                _copy(src, outs[run_name], run_start, offset - run_start)
+                run_name, run_start = name, offset
+            offset += length
+            samples[name] += 1
+            tokens[name] += maker.tokens[i]
+            digests[name].update(maker.digests[16 * i : 16 * i + 16])
+        _copy(src, outs[run_name], run_start, offset - run_start)
+    result = {}
+    for name in names:
+        os.chmod(tmp / f"{name}.jsonl", PRIVATE_FILE)
+        result[name] = {"samples": samples[name], "tokens_estimated": tokens[name], "digest": digests[name].hexdigest()}
+    return result
+
+
+def _copy(src: BinaryIO, dst: BinaryIO, offset: int, count: int) -> None:
+    """Copy a byte range between files, in the kernel where it can."""
+    dst.flush()
+    while count > 0:
+        try:
+            done = os.copy_file_range(src.fileno(), dst.fileno(), count, offset)
+        except OSError:
+            src.seek(offset)
+            dst.write(src.read(count))
+            dst.flush()
+            return
+        if done == 0:
+            raise OSError("copy_file_range made no progress")
+        offset += done
+        count -= done
+
+
+def _stats(exports: list[Export], options: IngestOptions, owner: OwnerResolver, tally: Tally,
+           scrubber: Scrubber, counts: Counter[str], split: dict[str, dict[str, Any]], cutoff: int | None
+           ) -> dict[str, Any]:
+    # blake2b over the per-line digests of train then eval: identifies the dataset's exact bytes.
+    dataset_hash = hashlib.blake2b((split["train"]["digest"] + split["eval"]["digest"]).encode(),
+                                   digest_size=32).hexdigest()
+    return {
+        "version": STATS_VERSION,
+        "source": "telegram",
+        "exports": [e.path.name for e in exports],
+        "owner": {"name": owner.display_name(), "key": owner.key()},
+        "chats": {
+            "used": counts["chats_used"],
+            "personal": counts["chats_personal"],
+            "group": counts["chats_group"],
+            "groups_without_context": counts["groups_without_context"],
+            "skipped": dict(sorted(tally.skipped_chats.items())),
+        },
+        "messages": {
+            "used": counts["messages"],
+            "owner": counts["owner_messages"],
+            "dropped": dict(sorted(tally.dropped_messages.items())),
+        },
+        "turns": counts["turns"],
+        "owner_turns": counts["owner_turns"],
+        "sessions": counts["sessions"],
+        "samples": {
+            "train": split["train"]["samples"],
+            "eval": split["eval"]["samples"],
+            "dropped_redacted": counts["samples_dropped_redacted"],
+        },
+        "tokens_estimated": {"train": split["train"]["tokens_estimated"],
+                             "eval": split["eval"]["tokens_estimated"]},
+        "split": {"eval_fraction": options.eval_fraction, "eval_from_unixtime": cutoff},
+        "redactions": dict(sorted(scrubber.counts.items())),
+        "settings": {k: v for k, v in asdict(options).items() if k != "redact_file"}
+        | {"redact_file": bool(options.redact_file)},
+        "files": {name: {"digest": split[name]["digest"]} for name in ("train", "eval")},
+        "dataset_digest": dataset_hash,
+    }
+
+
+def summary(stats: dict[str, Any]) -> str:
+    """The printed report of an ingest."""
+    c, m, s = stats["chats"], stats["messages"], stats["samples"]
+    lines = [
+        f"owner: {stats['owner']['name'] or '(unnamed)'}",
+        f"chats: {c['used']} used ({c['personal']} personal, {c['group']} group"
+        + (f", {c['groups_without_context']} without context" if c["groups_without_context"] else "")
+        + ")" + (f"; skipped {_counts(c['skipped'])}" if c["skipped"] else ""),
+        f"messages: {m['used']} used, {m['owner']} by the owner"
+        + (f"; dropped {_counts(m['dropped'])}" if m["dropped"] else ""),
+        f"turns: {stats['turns']} ({stats['owner_turns']} by the owner) in {stats['sessions']} sessions",
+        f"samples: {s['train']} train, {s['eval']} eval"
+        + (f", {s['dropped_redacted']} dropped for redacted words" if s["dropped_redacted"] else ""),
+        f"tokens (estimated): {stats['tokens_estimated']['train']} train, {stats['tokens_estimated']['eval']} eval",
+        "redactions: " + (_counts(stats["redactions"]) if stats["redactions"] else "none"),
+    ]
+    return "\n".join(lines)
+
+
+def _counts(d: dict[str, int]) -> str:
+    return ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(d.items(), key=lambda kv: -kv[1]))

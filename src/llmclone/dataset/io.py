@@ -1,0 +1,73 @@
+"""Private, all-or-nothing outputs: directories and files readable by the owner only, built under a
+temporary name next to the destination and renamed into place only when complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from llmclone.errors import UserError
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+@contextmanager
+def private_umask() -> Iterator[None]:
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@contextmanager
+def atomic_dir(dest: str | Path, force: bool = False, what: str = "output") -> Iterator[Path]:
+    """Yield a private temporary directory that becomes `dest` only if the block succeeds.
+
+    An existing non-empty `dest` is kept unless `force`; with `force` it is replaced only at the end,
+    so a failed run never loses the previous result.
+    """
+    dest = Path(dest).expanduser().absolute()
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
+        raise UserError(f"{dest} already exists; choose another {what} directory or pass --force to replace it.")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with private_umask():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    except OSError as err:
+        raise UserError(f"cannot create {dest} ({err.strerror}); choose a writable place.") from None
+    try:
+        with private_umask():
+            yield tmp
+        os.chmod(tmp, PRIVATE_DIR)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with private_umask():
+        path.write_text(json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.chmod(path, PRIVATE_FILE)
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)

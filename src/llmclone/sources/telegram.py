@@ -1,0 +1,545 @@
+"""Telegram Desktop JSON exports → `Chat` objects, streamed one chat at a time.
+
+Two export kinds (see shared/docs/telegram-export-format.md): the full-account `result.json`
+(`personal_information`, `chats.list`, `left_chats.list`) and a single-chat export (one chat object at
+the top level). Either may be given as the file, its folder, or a `.zip` of the folder.
+
+Reading is bounded in memory whatever the file size:
+- full exports go through a fast path: the file is read in blocks, chat objects are located by their
+  header (`{"name": …, "type": …, "id": …, "messages": [`, a byte sequence that cannot occur inside a
+  JSON string) and each chat's bytes are parsed on their own with orjson. Chats the selection skips are
+  never parsed at all;
+- anything the fast path does not recognise (single-chat exports, re-serialised files with other key
+  orders, corrupt files) goes through ijson's event stream, which never holds more than one chat.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import ijson
+import orjson
+
+from llmclone import placeholders as ph
+from llmclone.errors import UserError
+from llmclone.sources.base import GROUP, PERSONAL, Chat, Message, Tally
+
+SOURCE = "telegram"
+TELEGRAM_SERVICE_ID = 777000  # "Telegram" notifications: login codes, never a conversation
+
+CHAT_KINDS = {
+    "personal_chat": PERSONAL,
+    "private_group": GROUP,
+    "private_supergroup": GROUP,
+    "public_supergroup": GROUP,
+}
+SKIP_REASONS = {
+    "bot_chat": "bot_chat",
+    "saved_messages": "saved_messages",
+    "replies": "replies",
+    "verification_codes": "verification_codes",
+    "private_channel": "channel",
+    "public_channel": "channel",
+}
+
+# (type, id, name) -> chat kind to read, or a skip reason (str) prefixed with "skip:"
+Selector = Callable[[str, int, str | None], str]
+
+_BLOCK = 8 << 20
+_HEADER_MARGIN = 64 << 10  # a chat header (name, type, id) is far shorter than this
+_FAST_PATH_PREAMBLE_LIMIT = 64 << 20
+_CHAT_HEADER = re.compile(
+    rb'\{\s*(?:"name"\s*:\s*(?P<name>null|"(?:[^"\\]|\\.)*")\s*,\s*)?'
+    rb'"type"\s*:\s*"(?P<type>[a-z_]+)"\s*,\s*"id"\s*:\s*(?P<id>-?\d+)\s*,\s*"messages"\s*:\s*\['
+)
+_MESSAGES_KEY = re.compile(rb'"messages"\s*:\s*\[')
+_HEADER_MAX = 4096
+_MEDIA_KEYS = frozenset(
+    {"photo", "file", "file_name", "media_type", "contact_information", "location_information",
+     "place_name", "poll", "game_title", "invoice_information", "todo_list", "giveaway_information",
+     "giveaway_results", "paid_stars_amount"}
+)
+
+
+class NotFastPath(Exception):
+    """The fast path cannot read this file; the streaming path will (or will say what is wrong)."""
+
+
+@dataclass(slots=True)
+class RawChat:
+    """A selected chat's bytes, not yet parsed: parsing is the costly part, so it can go to a worker."""
+
+    kind: str
+    id: int
+    name: str | None
+    raw: bytes | bytearray
+    last: bool
+
+    def parse(self, tally: Tally) -> Chat:
+        obj = _parse_chat_bytes(self.raw, self.last)
+        return Chat(SOURCE, self.id, self.kind, self.name, _convert_all(obj.get("messages") or [], tally))
+
+
+@dataclass
+class Export:
+    """One export on disk. `chats()` streams its selected chats; owner facts are filled as they are read."""
+
+    path: Path
+    label: str
+    size: int
+    owner_id: str | None = None  # "user123", from personal_information
+    owner_name: str | None = None
+    single_chat: bool = False
+    streaming: bool = False  # set when the fast path misread this file
+    chat_count: int = 0
+    _opener: Callable[[], IO[bytes]] = field(default=None, repr=False)  # type: ignore[assignment]
+
+    @contextmanager
+    def open(self) -> Iterator[IO[bytes]]:
+        stream = self._opener()
+        try:
+            yield stream
+        finally:
+            stream.close()
+
+    def chats(self, select: Selector, tally: Tally, progress: Callable[[int], None] | None = None,
+              parse: bool = True) -> Iterator[Chat | RawChat]:
+        """Yield selected chats in file order. Raises UserError for files that are not readable exports.
+
+        With `parse=False` the fast path yields `RawChat`s for the caller to parse (e.g. in workers);
+        a file read on the streaming path still yields parsed `Chat`s.
+        """
+        self.chat_count = 0
+        self._sniff()
+        if not self.single_chat and not self.streaming:
+            try:
+                for raw in self._fast_chats(select, tally, progress):
+                    yield raw.parse(tally) if parse else raw
+                return
+            except NotFastPath as why:
+                self.streaming = True
+                if self.chat_count:  # chats already counted or yielded: the caller starts again
+                    raise RestartWithStreaming(str(why)) from None
+        yield from self._streamed_chats(select, tally, progress)
+
+    # -- detection ---------------------------------------------------------------------------------
+    def _sniff(self) -> None:
+        with self.open() as f:
+            head = f.read(4096)
+        start = head.lstrip()[:1]
+        if not head.strip():
+            raise UserError(f"{self.label} is empty; export your chats again from Telegram Desktop.")
+        if start == b"<" or b"<html" in head[:512].lower():
+            raise UserError(
+                f"{self.label} is an HTML export; export again in Telegram Desktop with the format "
+                "'Machine-readable JSON'."
+            )
+        if start != b"{":
+            raise UserError(
+                f"{self.label} is not JSON; give the result.json of a Telegram Desktop export "
+                "(format 'Machine-readable JSON')."
+            )
+        match = _CHAT_HEADER.search(head)
+        self.single_chat = bool(match and not head[: match.start()].strip())
+
+    # -- fast path ---------------------------------------------------------------------------------
+    def _fast_chats(self, select: Selector, tally: Tally, progress: Callable[[int], None] | None
+                    ) -> Iterator[RawChat]:
+        with self.open() as f:
+            buf = bytearray()
+            seen = 0  # bytes read so far
+            search_from = 0
+            current: tuple[str, int, str | None] | None = None  # header of the chat starting buf
+            eof = False
+            while not eof:
+                block = f.read(_BLOCK)
+                eof = not block
+                buf += block
+                seen += len(block)
+                if progress:
+                    progress(len(block))
+                while True:
+                    match = _find_header(buf, search_from)
+                    if match is None:
+                        break
+                    if current is None:
+                        self._read_preamble(buf[: match.start()])
+                    else:
+                        yield from self._fast_chat(current, buf[: match.start()], select, tally)
+                    current = _header(match)  # read now: the match's view of buf is about to change
+                    search_from = match.end() - match.start()
+                    del buf[: match.start()]
+                if current is None and len(buf) > _FAST_PATH_PREAMBLE_LIMIT:
+                    raise NotFastPath("no chat list found near the start of the file")
+                search_from = max(search_from, len(buf) - _HEADER_MARGIN)
+            if current is None:
+                raise NotFastPath("no chat objects found")
+            yield from self._fast_chat(current, buf, select, tally, last=True)
+
+    def _read_preamble(self, preamble: bytearray) -> None:
+        """Everything before the first chat: personal_information lives here in a full export."""
+        if b'"chats"' not in preamble and b'"left_chats"' not in preamble:
+            raise NotFastPath("chat objects outside a chat list")
+        try:
+            info = next(ijson.items(io.BytesIO(preamble), "personal_information"), None)
+        except ijson.JSONError:
+            info = None  # the preamble ends mid-document by construction; absence is handled later
+        self._set_personal_information(info)
+
+    def _fast_chat(self, header: tuple[str, int, str | None], raw: bytearray, select: Selector,
+                   tally: Tally, last: bool = False) -> Iterator[RawChat]:
+        chat_type, chat_id, name = header
+        self.chat_count += 1
+        verdict = select(chat_type, chat_id, name)
+        if verdict.startswith("skip:"):
+            tally.skipped_chats[verdict[5:]] += 1
+            return
+        yield RawChat(verdict, chat_id, name, raw, last)
+
+    # -- streaming path ----------------------------------------------------------------------------
+    def _streamed_chats(self, select: Selector, tally: Tally, progress: Callable[[int], None] | None
+                        ) -> Iterator[Chat]:
+        self.chat_count = 0
+        with self.open() as raw:
+            stream = _Counting(raw, progress) if progress else raw
+            events = ijson.parse(stream, use_float=True)
+            top_keys: set[str] = set()
+            single: dict[str, Any] = {}
+            single_messages: list[Message] = []
+            try:
+                for prefix, event, value in events:
+                    if prefix == "" and event == "map_key":
+                        top_keys.add(value)
+                    elif event == "start_map" and prefix == "personal_information":
+                        self._set_personal_information(_build(events, prefix, event, value))
+                    elif event == "start_map" and prefix in ("chats.list.item", "left_chats.list.item"):
+                        chat_obj = _build(events, prefix, event, value)
+                        chat = self._chat_from_object(chat_obj, select, tally)
+                        if chat is not None:
+                            yield chat
+                    elif prefix in ("name", "type", "id") and event in ("string", "number", "null"):
+                        single[prefix] = value
+                    elif prefix == "messages.item" and event == "start_map":
+                        message = _build(events, prefix, event, value)
+                        converted = _convert(message, tally)
+                        if converted is not None:
+                            single_messages.append(converted)
+            except ijson.IncompleteJSONError:
+                raise UserError(
+                    f"{self.label} is truncated (the file ends in the middle); export it again "
+                    "or copy the whole file."
+                ) from None
+            except ijson.JSONError as err:
+                raise UserError(
+                    f"{self.label} is not valid JSON ({str(err).splitlines()[0][:80]}); give the "
+                    "result.json of a Telegram Desktop export."
+                ) from None
+        if "messages" in top_keys:
+            self.single_chat = True
+            chat = self._single_chat(single, single_messages, select, tally)
+            if chat is not None:
+                yield chat
+        elif not top_keys & {"chats", "left_chats"}:
+            raise UserError(
+                f"{self.label} is JSON but not a Telegram Desktop export (it has neither 'chats' nor "
+                "'messages'); give the result.json that Telegram Desktop wrote."
+            )
+
+    def _chat_from_object(self, obj: dict[str, Any], select: Selector, tally: Tally) -> Chat | None:
+        self.chat_count += 1
+        try:
+            chat_type, chat_id, name = str(obj.get("type", "")), int(obj["id"]), obj.get("name")
+        except (KeyError, TypeError, ValueError):
+            tally.skipped_chats["malformed"] += 1
+            return None
+        verdict = select(chat_type, chat_id, name)
+        if verdict.startswith("skip:"):
+            tally.skipped_chats[verdict[5:]] += 1
+            return None
+        chat = Chat(SOURCE, chat_id, verdict, name)
+        chat.messages = _convert_all(obj.get("messages") or [], tally)
+        return chat
+
+    def _single_chat(self, meta: dict[str, Any], messages: list[Message], select: Selector, tally: Tally
+                     ) -> Chat | None:
+        self.chat_count = 1
+        try:
+            chat_type, chat_id = str(meta.get("type", "")), int(meta["id"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(
+                f"{self.label} has messages but no chat id or type; give the result.json that "
+                "Telegram Desktop wrote."
+            ) from None
+        verdict = select(chat_type, chat_id, meta.get("name"))
+        if verdict.startswith("skip:"):
+            tally.skipped_chats[verdict[5:]] += 1
+            return None
+        # A single personal chat says whose it is only implicitly: the sender that is not the peer.
+        if chat_type == "personal_chat" and self.owner_id is None:
+            others = {m.sender for m in messages} - {f"user{chat_id}"}
+            if len(others) == 1:
+                self.owner_id = others.pop()
+        return Chat(SOURCE, chat_id, verdict, meta.get("name"), messages)
+
+    def _set_personal_information(self, info: Any) -> None:
+        if isinstance(info, dict) and info.get("user_id") is not None:
+            self.owner_id = f"user{int(info['user_id'])}"
+            full = " ".join(str(info.get(k) or "") for k in ("first_name", "last_name")).strip()
+            self.owner_name = full or None
+
+
+class RestartWithStreaming(Exception):
+    """The fast path failed after yielding chats; the caller restarts this export on the streaming path."""
+
+
+def open_export(path: str | Path) -> Export:
+    """Resolve a file, an export folder or a .zip of one into an `Export`; UserError if unreadable."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"{path} does not exist; give the path to a Telegram export (result.json, its "
+                        "folder, or a .zip of the folder).")
+    if path.is_dir():
+        candidates = [path / "result.json", *sorted(path.glob("*/result.json"))]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            html = (path / "messages.html").exists() or any(path.glob("*/messages.html"))
+            hint = ("it holds an HTML export; export again with the format 'Machine-readable JSON'"
+                    if html else "export your chats from Telegram Desktop as 'Machine-readable JSON'")
+            raise UserError(f"{path} has no result.json; {hint}.")
+        path = found
+    if zipfile.is_zipfile(path):
+        return _zip_export(path)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot read {path} ({err.strerror}); check the path and its permissions.") from None
+    return Export(path=path, label=str(path), size=path.stat().st_size, _opener=lambda: open(path, "rb"))
+
+
+def _zip_export(path: Path) -> Export:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == "result.json"]
+            if not names:
+                raise UserError(f"{path} holds no result.json; zip the folder Telegram Desktop exported "
+                                "(format 'Machine-readable JSON').")
+            inner = min(names, key=lambda n: n.count("/"))
+            size = zf.getinfo(inner).file_size
+    except zipfile.BadZipFile:
+        raise UserError(f"{path} is a damaged zip archive; zip the export folder again.") from None
+
+    def opener() -> IO[bytes]:
+        zf = zipfile.ZipFile(path)
+        inner_file = zf.open(inner)
+        original_close = inner_file.close
+
+        def close() -> None:
+            original_close()
+            zf.close()
+
+        inner_file.close = close  # type: ignore[method-assign]
+        return inner_file
+
+    return Export(path=path, label=f"{path}!{inner}", size=size, _opener=opener)
+
+
+# -- messages --------------------------------------------------------------------------------------
+def flatten_text(text: Any) -> str:
+    """The exact text: a string, or a list of strings and entity objects joined with no separator.
+
+    Entities carry their visible text (`custom_emoji` its fallback emoji, `text_link` its label).
+    """
+    if isinstance(text, str):
+        return text
+    if text is None:
+        return ""
+    if isinstance(text, list):
+        return "".join(part if isinstance(part, str) else str(part.get("text") or "") for part in text)
+    raise TypeError("text is neither a string nor a list")
+
+
+def media_tag(m: dict[str, Any]) -> str | None:
+    """The placeholder for a message's non-text content, or None for plain text."""
+    if "photo" in m:
+        return "<photo>"
+    kind = m.get("media_type")
+    if kind == "sticker":
+        return ph.sticker(m.get("sticker_emoji"))
+    if kind == "voice_message":
+        return ph.voice(m.get("duration_seconds"))
+    if kind == "video_message":
+        return ph.video_message(m.get("duration_seconds"))
+    if kind == "animation":
+        return "<gif>"
+    if kind == "video_file":
+        return "<video>"
+    if kind == "audio_file":
+        return "<audio>"
+    if kind or "file" in m or "file_name" in m:
+        return "<file>"
+    if "contact_information" in m:
+        return "<contact>"
+    if "location_information" in m or "place_name" in m:
+        return "<location>"
+    if "poll" in m:
+        return ph.poll(flatten_text((m["poll"] or {}).get("question")))
+    if "todo_list" in m:
+        return ph.todo(flatten_text((m["todo_list"] or {}).get("title")))
+    if "game_title" in m:
+        return "<game>"
+    if "invoice_information" in m:
+        return "<invoice>"
+    if "giveaway_information" in m or "giveaway_results" in m or "paid_stars_amount" in m:
+        return "<media>"
+    return None
+
+
+def _sender(from_id: Any) -> str:
+    if isinstance(from_id, int):  # exports before 2021 wrote bare user ids
+        return f"user{from_id}"
+    if isinstance(from_id, str) and from_id:
+        return from_id
+    raise ValueError("no sender")
+
+
+def _timestamp(m: dict[str, Any]) -> int:
+    # Old exports: local time of the exporting PC with no offset; read as UTC, which keeps the order.
+    return int(datetime.fromisoformat(m["date"]).replace(tzinfo=UTC).timestamp())
+
+
+_NOT_OWN_WORDS = frozenset({"forwarded_from", "saved_from", "via_bot"})
+
+
+def _convert(m: Any, tally: Tally) -> Message | None:
+    """One export message → Message, or None (counted in tally by reason). Hot: keep it lean."""
+    try:
+        kind = m.get("type")
+        if kind != "message":
+            tally.dropped_messages["service" if kind == "service" else "unsupported"] += 1
+            return None
+        if not _NOT_OWN_WORDS.isdisjoint(m):
+            tally.dropped_messages["via_bot" if "forwarded_from" not in m and "saved_from" not in m else "forward"] += 1
+            return None
+        text = m.get("text")
+        if not isinstance(text, str):
+            text = flatten_text(text)
+        if not _MEDIA_KEYS.isdisjoint(m):
+            tag = media_tag(m)
+            if tag:
+                text = ph.with_caption(tag, text)
+        if not text or text.isspace():
+            tally.dropped_messages["empty"] += 1
+            return None
+        reply = m.get("reply_to_message_id")
+        if reply is not None:
+            reply = None if "reply_to_peer_id" in m else int(reply)
+        sender = m.get("from_id")
+        if not isinstance(sender, str) or not sender:
+            sender = _sender(sender)
+        unix = m.get("date_unixtime")
+        return Message(int(m["id"]), sender, int(unix) if unix is not None else _timestamp(m), text, reply,
+                       m.get("from"))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        tally.dropped_messages["malformed"] += 1
+        return None
+
+
+def _convert_all(messages: Any, tally: Tally) -> list[Message]:
+    if not isinstance(messages, list):
+        return []
+    out = []
+    for m in messages:
+        converted = _convert(m, tally)
+        if converted is not None:
+            out.append(converted)
+    return out
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _parse_chat_bytes(raw: bytes | bytearray, last: bool) -> dict[str, Any]:
+    """Parse one chat's bytes; they end with `,` before the next chat, or with closing brackets."""
+    body = raw.rstrip()
+    if not last and body.endswith(b","):
+        try:
+            return orjson.loads(body[:-1])
+        except orjson.JSONDecodeError:
+            pass
+    # The last chat of a list is followed by closing brackets and maybe more keys: let a decoder
+    # that reports where the object ends find it.
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise NotFastPath(f"chat bytes do not parse: {err}") from None
+    if not isinstance(obj, dict):
+        raise NotFastPath("chat is not an object")
+    return obj
+
+
+def _find_header(buf: bytearray, start: int) -> re.Match[bytes] | None:
+    """The first chat header whose `"messages": [` lies at or after `start`."""
+    while (at := buf.find(b'"messages"', start)) != -1:  # bytes.find is far faster than a regex search
+        key = _MESSAGES_KEY.match(buf, at)
+        if key is None:
+            start = at + 10
+            continue
+        low = max(0, key.start() - _HEADER_MAX)
+        brace = buf.rfind(b"{", low, key.start())
+        while brace != -1:
+            match = _CHAT_HEADER.match(buf, brace)
+            if match and match.end() == key.end():
+                return match
+            brace = buf.rfind(b"{", low, brace)
+        start = key.end()
+    return None
+
+
+def _header(match: re.Match[bytes]) -> tuple[str, int, str | None]:
+    name = match["name"]
+    return match["type"].decode(), int(match["id"]), orjson.loads(name) if name else None
+
+
+def _build(events: Iterator[tuple[str, str, Any]], prefix: str, event: str, value: Any) -> Any:
+    """Build the object that starts at this ijson event, consuming its events."""
+    builder = ijson.ObjectBuilder()
+    builder.event(event, value)
+    depth = 1
+    for _, ev, val in events:
+        builder.event(ev, val)
+        if ev in ("start_map", "start_array"):
+            depth += 1
+        elif ev in ("end_map", "end_array"):
+            depth -= 1
+            if depth == 0:
+                break
+    return builder.value
+
+
+class _Counting:
+    """A read-through stream that reports bytes read, for the progress bar."""
+
+    def __init__(self, inner: IO[bytes], progress: Callable[[int], None]) -> None:
+        self._inner, self._progress = inner, progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._inner.read(n)
+        self._progress(len(data))
+        return data
+
+
+def classify_chat(chat_type: str, chat_id: int) -> str:
+    """The chat kind we read (PERSONAL/GROUP) or a skip reason prefixed 'skip:'."""
+    if chat_id == TELEGRAM_SERVICE_ID:
+        return "skip:verification_codes"
+    if chat_type in CHAT_KINDS:
+        return CHAT_KINDS[chat_type]
+    return "skip:" + SKIP_REASONS.get(chat_type, "unknown_type")

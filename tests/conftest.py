@@ -1,0 +1,62 @@
+"""Shared test helpers: paths to fixtures and a builder for Telegram exports of any shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "telegram"
+EXAMPLE = ROOT / "examples" / "telegram_export" / "result.json"
+OWNER = 100
+
+
+def msg(mid: int, ts: int, sender: int | str, text: Any = "hi", **extra: Any) -> dict[str, Any]:
+    """A Telegram export message as Telegram Desktop writes it."""
+    from_id = sender if isinstance(sender, str) else f"user{sender}"
+    m = {"id": mid, "type": "message", "date": "2024-01-01T00:00:00", "date_unixtime": str(ts),
+         "from": f"name {sender}", "from_id": from_id, "text": text}
+    m.update(extra)
+    return m
+
+
+def chat(chat_id: int, messages: list[dict[str, Any]], kind: str = "personal_chat", name: str | None = "Peer"
+         ) -> dict[str, Any]:
+    return {"name": name, "type": kind, "id": chat_id, "messages": messages}
+
+
+def full_export(chats: list[dict[str, Any]], owner: int = OWNER, left: list[dict[str, Any]] | None = None
+                ) -> dict[str, Any]:
+    return {
+        "about": "Here is the data you requested.",
+        "personal_information": {"user_id": owner, "first_name": "Owner", "last_name": "Person"},
+        "chats": {"about": "This page lists all chats from this export.", "list": chats},
+        "left_chats": {"about": "Left chats.", "list": left or []},
+    }
+
+
+def dialogue(chat_id: int, turns: int, start: int = 1_700_000_000, step: int = 60, peer: int = 7) -> list[dict]:
+    """Alternating peer/owner messages, one a minute."""
+    return [msg(i + 1, start + i * step, peer if i % 2 == 0 else OWNER, f"message {i} in {chat_id}")
+            for i in range(turns)]
+
+
+def write(path: Path, obj: Any, **dump: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, ensure_ascii=False, **({"indent": 1} | dump)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def small_export(tmp_path: Path) -> Path:
+    """Three personal chats and one group with a little of everything."""
+    chats = [
+        chat(7, dialogue(7, 12)),
+        chat(8, dialogue(8, 8, start=1_700_100_000, peer=8)),
+        chat(9, dialogue(9, 6, start=1_700_200_000, peer=9), name="Third"),
+        chat(50, [msg(1, 1_700_300_000, OWNER, "group hello")], kind="private_supergroup", name="Group"),
+    ]
+    return write(tmp_path / "export" / "result.json", full_export(chats))

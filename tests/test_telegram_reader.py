@@ -1,0 +1,201 @@
+"""Reading Telegram exports: both kinds, every container, old and new schemas, both reading paths."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE, FIXTURES, OWNER, chat, dialogue, full_export, msg, write
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llmclone.errors import UserError
+from llmclone.sources.base import Tally
+from llmclone.sources.telegram import Export, RestartWithStreaming, classify_chat, flatten_text, media_tag, open_export
+
+
+def read_all(path: Path | str, streaming: bool = False) -> tuple[Export, list, Tally]:
+    export = open_export(path)
+    export.streaming = streaming
+    while True:  # as the pipeline does: a file the fast path misread is read again, streaming
+        tally = Tally()
+        try:
+            chats = list(export.chats(lambda t, i, n: "group" if t == "private_supergroup" else classify_chat(t, i),
+                                      tally))
+            return export, chats, tally
+        except RestartWithStreaming:
+            assert export.streaming
+
+
+def test_full_export_owner_and_chats(small_export: Path) -> None:
+    export, chats, tally = read_all(small_export)
+    assert export.owner_id == f"user{OWNER}"
+    assert export.owner_name == "Owner Person"
+    assert [c.id for c in chats] == [7, 8, 9, 50]
+    assert len(chats[0].messages) == 12
+    assert chats[0].messages[1].sender == f"user{OWNER}"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.json")))
+def test_real_fixtures_read_identically_on_both_paths(name: str) -> None:
+    _, fast, fast_tally = read_all(FIXTURES / name)
+    _, slow, slow_tally = read_all(FIXTURES / name, streaming=True)
+    assert [(c.id, c.kind, c.messages) for c in fast] == [(c.id, c.kind, c.messages) for c in slow]
+    assert fast_tally == slow_tally
+
+
+def test_text_list_joined_exactly_and_entities_keep_visible_text() -> None:
+    assert flatten_text(["a ", {"type": "bold", "text": "b"}, "c"]) == "a bc"
+    assert flatten_text([{"type": "text_link", "text": "the doc", "href": "https://x"}]) == "the doc"
+    assert flatten_text([{"type": "custom_emoji", "text": "🙂", "document_id": "1"}]) == "🙂"
+    assert flatten_text("") == ""
+
+
+@given(st.lists(st.one_of(st.text(), st.builds(lambda t, k: {"type": k, "text": t}, st.text(),
+                                                   st.sampled_from(["bold", "link", "custom_emoji", "plain"])))))
+def test_flatten_is_plain_concatenation(parts: list) -> None:
+    expected = "".join(p if isinstance(p, str) else p["text"] for p in parts)
+    assert flatten_text(parts) == expected
+
+
+def test_fixture_6msg_has_list_text_with_email() -> None:
+    _, chats, _ = read_all(FIXTURES / "zhyzhyzhy123_langchain-community-fork__telegram_chat_json_result_6msg.json")
+    texts = [m.text for c in chats for m in c.messages]
+    raw = json.loads((FIXTURES / "zhyzhyzhy123_langchain-community-fork__telegram_chat_json_result_6msg.json").read_text())
+    expected = ["".join(p if isinstance(p, str) else p["text"] for p in m["text"]) if isinstance(m["text"], list)
+                else m["text"] for m in raw["messages"] if m["type"] == "message"]
+    assert texts == expected
+
+
+def test_old_export_integer_ids_and_local_dates() -> None:
+    _, chats, _ = read_all(FIXTURES / "langchain-community__document_loaders_test_docs_telegram.json")
+    m = chats[0].messages[0]
+    assert m.sender == "user4325636679"
+    assert m.ts == 1577836802  # 2020-01-01T00:00:02 read as UTC
+    assert m.text == "It's 2020..."
+
+
+def test_unknown_keys_ignored_and_replies_kept() -> None:
+    _, chats, tally = read_all(FIXTURES / "Eklipti_telegram-chat-analyzer__examples_raw0.json")
+    assert chats and chats[0].kind == "group"
+    assert any(m.reply_to for m in chats[0].messages)
+    assert tally.dropped_messages["service"] >= 1
+
+
+def test_media_placeholders_on_exhaustive_fixture() -> None:
+    _, chats, tally = read_all(FIXTURES / "Loganavter_Tkonverter__examples_result.json")
+    texts = "\n".join(m.text for c in chats for m in c.messages)
+    for tag in ("<photo>", "<sticker", "<voice ", "<video message ", "<gif>", "<file>", "<contact>",
+                "<location>", "<poll: "):
+        assert tag in texts, tag
+    assert tally.dropped_messages["forward"] >= 1
+    assert tally.dropped_messages["unsupported"] == 1
+    assert tally.dropped_messages["service"] > 30
+
+
+def test_media_tags() -> None:
+    assert media_tag({"photo": "x"}) == "<photo>"
+    assert media_tag({"media_type": "sticker", "sticker_emoji": "😀"}) == "<sticker 😀>"
+    assert media_tag({"media_type": "voice_message", "duration_seconds": 67}) == "<voice 1:07>"
+    assert media_tag({"poll": {"question": "Pizza?"}}) == "<poll: Pizza?>"
+    assert media_tag({"file": "x.pdf"}) == "<file>"
+    assert media_tag({"text": "plain"}) is None
+
+
+def test_caption_follows_placeholder(tmp_path: Path) -> None:
+    export = full_export([chat(7, [msg(1, 1_700_000_000, 7, "look at this", photo="photos/p.jpg"),
+                                   msg(2, 1_700_000_060, OWNER, "wow")])])
+    _, chats, _ = read_all(write(tmp_path / "r.json", export))
+    assert chats[0].messages[0].text == "<photo> look at this"
+
+
+def test_dropped_by_reason(tmp_path: Path) -> None:
+    messages = [
+        msg(1, 1, OWNER, "fwd", forwarded_from="Someone"),
+        msg(2, 2, OWNER, "gif", via_bot="@gif"),
+        {"id": 3, "type": "service", "date": "2024-01-01T00:00:00", "action": "pin_message", "text": ""},
+        {"id": 4, "type": "unsupported"},
+        msg(5, 5, OWNER, ""),
+        {"id": 6, "type": "message", "text": 42},  # unexpected shape: skipped, not fatal
+        msg(7, 7, OWNER, "kept"),
+    ]
+    _, chats, tally = read_all(write(tmp_path / "r.json", full_export([chat(7, messages)])))
+    assert [m.text for m in chats[0].messages] == ["kept"]
+    assert dict(tally.dropped_messages) == {"forward": 1, "via_bot": 1, "service": 1, "unsupported": 1,
+                                            "empty": 1, "malformed": 1}
+
+
+def test_skipped_chat_kinds_counted(tmp_path: Path) -> None:
+    chats = [chat(7, dialogue(7, 2)), chat(8, dialogue(8, 2), kind="bot_chat"),
+             chat(OWNER, dialogue(OWNER, 2), kind="saved_messages", name=None),
+             chat(777000, dialogue(777000, 2)), chat(9, dialogue(9, 2), kind="public_channel")]
+    _, got, tally = read_all(write(tmp_path / "r.json", full_export(chats)))
+    assert [c.id for c in got] == [7]
+    assert dict(tally.skipped_chats) == {"bot_chat": 1, "saved_messages": 1, "verification_codes": 1, "channel": 1}
+
+
+def test_folder_and_zip_and_single_chat(tmp_path: Path, small_export: Path) -> None:
+    by_folder = read_all(small_export.parent)[1]
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(small_export, "Telegram Export/result.json")
+    by_zip = read_all(archive)[1]
+    assert [c.messages for c in by_folder] == [c.messages for c in by_zip]
+    single = write(tmp_path / "single" / "result.json", chat(7, dialogue(7, 4)))
+    export, chats, _ = read_all(single)
+    assert export.single_chat and export.owner_id == f"user{OWNER}"
+    assert len(chats[0].messages) == 4
+
+
+def test_fast_path_survives_tricky_bytes(tmp_path: Path) -> None:
+    """Names with braces and message texts that spell out a chat header do not split chats."""
+    fake = '{"name": "x", "type": "personal_chat", "id": 1, "messages": ['
+    chats = [chat(7, dialogue(7, 3) + [msg(9, 1_700_000_900, OWNER, fake)], name='Bob {work} "quoted"'),
+             chat(8, dialogue(8, 3))]
+    data = full_export(chats)
+    pretty = read_all(write(tmp_path / "a.json", data))[1]
+    minified = read_all(write(tmp_path / "b.json", data, indent=None, separators=(",", ":")))[1]
+    sorted_keys = read_all(write(tmp_path / "c.json", data, sort_keys=True))[1]  # fast path gives way
+    assert [c.messages for c in pretty] == [c.messages for c in minified] == [c.messages for c in sorted_keys]
+    assert pretty[0].name == 'Bob {work} "quoted"'
+    assert pretty[0].messages[-1].text == fake
+
+
+def test_example_export_is_rich() -> None:
+    export, chats, tally = read_all(EXAMPLE)
+    texts = "\n".join(m.text for c in chats for m in c.messages)
+    assert export.owner_name == "Lyosha Petrov"
+    assert any(c.name is None for c in chats)  # a deleted account
+    for tag in ("<photo>", "<sticker 👍>", "<voice 0:12>", "<location>", "<file>"):
+        assert tag in texts
+    assert tally.dropped_messages["forward"] > 0 and tally.dropped_messages["service"] > 0
+    assert any(m.reply_to for c in chats for m in c.messages)
+    assert any(ord(ch) > 0x400 for ch in texts) and "looks good to me" in texts
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"", "is empty"),
+        (b"<!DOCTYPE html><html><body>messages</body></html>", "HTML export"),
+        (b"hello, world", "is not JSON"),
+        (b'{"chats": {"list": [{"name": "a", "type": "personal_chat", "id": 1, "messages": [{"id": 1,', "truncated"),
+        (b'{"some": "json", "but": ["not", "telegram"]}', "not a Telegram Desktop export"),
+    ],
+)
+def test_bad_files_say_what_is_wrong(tmp_path: Path, content: bytes, fragment: str) -> None:
+    path = tmp_path / "result.json"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=fragment):
+        read_all(path)
+
+
+def test_missing_and_folder_without_export(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        open_export(tmp_path / "nope.json")
+    (tmp_path / "html").mkdir()
+    (tmp_path / "html" / "messages.html").write_text("<html></html>")
+    with pytest.raises(UserError, match="HTML export"):
+        open_export(tmp_path / "html")
