@@ -8,7 +8,6 @@ go to eval.jsonl and the rest to train.jsonl, so evaluation always measures the 
 from __future__ import annotations
 
 import hashlib
-import io
 import multiprocessing
 import os
 import re
@@ -242,11 +241,12 @@ def _run(exports: list[Export], out: Path, options: IngestOptions, force: bool, 
         bar = tqdm(total=sum(e.size for e in exports), unit="B", unit_scale=True, desc="reading",
                    disable=not progress, leave=False)
         spill_path = tmp / "samples.spill"
+        segments: list[tuple[Path, int, int]] = []  # (file, offset, samples): where the samples are, in order
         with open(spill_path, "wb") as spill:
             parallel = (len(exports) == 1 and workers > 1 and owner.name is None
                         and exports[0].size >= _PARALLEL_MIN_BYTES)
             if parallel:
-                _parallel(exports[0], select, tally, bar.update, owner, maker, spill, workers)
+                _parallel(exports[0], select, tally, bar.update, owner, maker, spill, workers, tmp, segments)
             else:
                 def flagged() -> Iterator[Chat]:
                     for export in exports:
@@ -257,6 +257,8 @@ def _run(exports: list[Export], out: Path, options: IngestOptions, force: bool, 
                 chats = flagged() if len(exports) == 1 else merged_chats(flagged(), tmp / "merge.sqlite")
                 for chat in chats:
                     maker.add(chat, spill)
+        if not segments:
+            segments.append((spill_path, 0, len(maker.lengths)))
         bar.close()
         (tmp / "merge.sqlite").unlink(missing_ok=True)
         tally.dropped_messages.update(maker.tally.dropped_messages)
@@ -278,8 +280,9 @@ def _run(exports: list[Export], out: Path, options: IngestOptions, force: bool, 
                 "chat selection (--groups, --chat, --since/--until)."
             )
         cutoff = _cutoff(maker.owner_times, options.eval_fraction)
-        split = _route(spill_path, tmp, maker, cutoff)
-        spill_path.unlink()
+        split = _route(segments, tmp, maker, cutoff)
+        for path in {p for p, _, _ in segments} | {spill_path}:
+            path.unlink()
         stats = _stats(exports, options, owner, tally, scrubber, counts, split, cutoff)
         write_json(tmp / "stats.json", stats)
     return stats
@@ -293,8 +296,9 @@ _worker_state: dict[str, Any] = {}
 
 def _parallel(export: Export, select: Callable[[str, int, str | None], str], tally: Tally,
               progress: Callable[[int], None], owner: OwnerResolver, maker: SampleMaker, spill: BinaryIO,
-              workers: int) -> None:
-    """Parse chats and build their samples in worker processes; results are written in file order.
+              workers: int, tmp: Path, segments: list[tuple[Path, int, int]]) -> None:
+    """Parse chats and build their samples in worker processes, each writing its own spill file;
+    `segments` records, in file order, where each batch's samples went.
 
     At most 2 batches per worker are in flight, so memory stays bounded whatever the file size.
     """
@@ -306,6 +310,7 @@ def _parallel(export: Export, select: Callable[[str, int, str | None], str], tal
         for chat in chain([first], items):
             owner.flag(chat, export)  # type: ignore[arg-type]
             maker.add(chat, spill)  # type: ignore[arg-type]
+        segments.append((tmp / "samples.spill", 0, len(maker.lengths)))
         return
     owner_id = owner.fixed or export.owner_id
     if owner_id is None:
@@ -315,7 +320,7 @@ def _parallel(export: Export, select: Callable[[str, int, str | None], str], tal
         owner.account_name = export.owner_name
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(maker.options, maker.scrubber, owner_id)) as pool:
+                             initargs=(maker.options, maker.scrubber, owner_id, tmp)) as pool:
         pending: deque[Future] = deque()
 
         def collect(future: Future) -> None:
@@ -323,8 +328,8 @@ def _parallel(export: Export, select: Callable[[str, int, str | None], str], tal
             if result is None:  # a chat the fast path could not parse: read this file again, streaming
                 export.streaming = True
                 raise RestartWithStreaming("a chat did not parse")
-            lines, part = result
-            spill.write(lines)
+            path, offset, part = result
+            segments.append((path, offset, len(part.lengths)))
             maker.merge(part)
 
         for batch in _batches(chain([first], items)):
@@ -340,7 +345,7 @@ def _batches(items: Iterator[Any]) -> Iterator[list[RawChat]]:
     size = 0
     for item in items:
         batch.append(item)
-        size += len(item.raw)
+        size += item.size or len(item.raw)
         if size >= _BATCH_BYTES:
             yield batch
             batch, size = [], 0
@@ -348,16 +353,19 @@ def _batches(items: Iterator[Any]) -> Iterator[list[RawChat]]:
         yield batch
 
 
-def _init_worker(options: IngestOptions, scrubber: Scrubber, owner_id: str) -> None:
-    _worker_state.update(options=options, scrubber=scrubber, owner=owner_id)
+def _init_worker(options: IngestOptions, scrubber: Scrubber, owner_id: str, tmp: Path) -> None:
+    path = tmp / f"part-{os.getpid()}.spill"
+    _worker_state.update(options=options, scrubber=scrubber, owner=owner_id, path=path, spill=open(path, "ab"))
 
 
-def _work(batch: list[RawChat]) -> tuple[bytes, SampleMaker] | None:
+def _work(batch: list[RawChat]) -> tuple[Path, int, SampleMaker] | None:
+    """Samples of a batch of chats, appended to this worker's spill file: (file, offset, counts)."""
     scrubber = _worker_state["scrubber"]
     scrubber.counts = Counter()
     maker = SampleMaker(_worker_state["options"], scrubber)
     owner_id = _worker_state["owner"]
-    out = io.BytesIO()
+    spill = _worker_state["spill"]
+    offset = spill.tell()
     for raw in batch:
         try:
             chat = raw.parse(maker.tally)
@@ -365,8 +373,9 @@ def _work(batch: list[RawChat]) -> tuple[bytes, SampleMaker] | None:
             return None
         for m in chat.messages:
             m.is_owner = m.sender == owner_id
-        maker.add(chat, out)
-    return out.getvalue(), maker
+        maker.add(chat, spill)
+    spill.flush()
+    return _worker_state["path"], offset, maker
 
 
 def _cutoff(times: array, fraction: float) -> int | None:
@@ -378,25 +387,32 @@ def _cutoff(times: array, fraction: float) -> int | None:
     return ordered[index]
 
 
-def _route(spill_path: Path, tmp: Path, maker: SampleMaker, cutoff: int | None) -> dict[str, dict[str, Any]]:
-    """Split the spill into train.jsonl and eval.jsonl by copying runs of lines (no parsing)."""
+def _route(segments: list[tuple[Path, int, int]], tmp: Path, maker: SampleMaker, cutoff: int | None
+           ) -> dict[str, dict[str, Any]]:
+    """Split the spilled samples into train.jsonl and eval.jsonl by copying runs of lines (no parsing)."""
     names = ("train", "eval")
     digests = {name: hashlib.blake2b(digest_size=32) for name in names}
     samples, tokens = Counter(), Counter()
-    with open(spill_path, "rb") as src, open(tmp / "train.jsonl", "wb") as train, open(tmp / "eval.jsonl", "wb") as ev:
+    sources: dict[Path, BinaryIO] = {}
+    with open(tmp / "train.jsonl", "wb") as train, open(tmp / "eval.jsonl", "wb") as ev:
         outs = {"train": train, "eval": ev}
-        offset = run_start = 0
-        run_name = "train"
-        for i, (when, length) in enumerate(zip(maker.owner_times, maker.lengths, strict=True)):
-            name = "eval" if cutoff is not None and when >= cutoff else "train"
-            if name != run_name:
-                _copy(src, outs[run_name], run_start, offset - run_start)
-                run_name, run_start = name, offset
-            offset += length
-            samples[name] += 1
-            tokens[name] += maker.tokens[i]
-            digests[name].update(maker.digests[16 * i : 16 * i + 16])
-        _copy(src, outs[run_name], run_start, offset - run_start)
+        first = 0
+        for path, offset, count in segments:
+            src = sources.get(path) or sources.setdefault(path, open(path, "rb"))
+            run_name, run_start = "train", offset
+            for i in range(first, first + count):
+                name = "eval" if cutoff is not None and maker.owner_times[i] >= cutoff else "train"
+                if name != run_name:
+                    _copy(src, outs[run_name], run_start, offset - run_start)
+                    run_name, run_start = name, offset
+                offset += maker.lengths[i]
+                samples[name] += 1
+                tokens[name] += maker.tokens[i]
+                digests[name].update(maker.digests[16 * i : 16 * i + 16])
+            first += count
+            _copy(src, outs[run_name], run_start, offset - run_start)
+    for src in sources.values():
+        src.close()
     result = {}
     for name in names:
         os.chmod(tmp / f"{name}.jsonl", PRIVATE_FILE)
@@ -424,7 +440,7 @@ def _copy(src: BinaryIO, dst: BinaryIO, offset: int, count: int) -> None:
 def _stats(exports: list[Export], options: IngestOptions, owner: OwnerResolver, tally: Tally,
            scrubber: Scrubber, counts: Counter[str], split: dict[str, dict[str, Any]], cutoff: int | None
            ) -> dict[str, Any]:
-    # blake2b over the per-line digests of train then eval: identifies the dataset's exact bytes.
+    # blake2b over the per-line xxh3-128 digests of train then eval: identifies the exact bytes.
     dataset_hash = hashlib.blake2b((split["train"]["digest"] + split["eval"]["digest"]).encode(),
                                    digest_size=32).hexdigest()
     return {

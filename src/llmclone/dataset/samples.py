@@ -13,6 +13,7 @@ from collections import Counter
 from typing import BinaryIO
 
 import orjson
+from xxhash import xxh3_128_digest
 
 from llmclone.dataset.dialogues import ASSISTANT, USER, estimate_tokens, merge_turns, split_sessions, windows
 from llmclone.dataset.privacy import REDACTED, Scrubber
@@ -91,7 +92,7 @@ class SampleMaker:
                 self.lengths.append(len(line))
                 self.tokens.append(sum(t.tokens for t in window.turns)
                                    + sum(estimate_tokens(q.text) for q in window.quoted))
-                self.digests += hashlib.blake2b(line, digest_size=16).digest()
+                self.digests += xxh3_128_digest(line)
 
     def merge(self, other: SampleMaker) -> None:
         self.tally.dropped_messages.update(other.tally.dropped_messages)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import zipfile
 from collections.abc import Callable, Iterator
@@ -81,11 +82,18 @@ class RawChat:
     kind: str
     id: int
     name: str | None
-    raw: bytes | bytearray
+    raw: bytes | bytearray | None  # the bytes, or None to read them from `file` at `offset`
     last: bool
+    file: str | None = None
+    offset: int = 0
+    size: int = 0
 
     def parse(self, tally: Tally) -> Chat:
-        obj = _parse_chat_bytes(self.raw, self.last)
+        raw = self.raw
+        if raw is None:  # read here (in a worker): the bytes need not travel between processes
+            with open(self.file, "rb") as f:  # type: ignore[arg-type]
+                raw = os.pread(f.fileno(), self.size, self.offset)
+        obj = _parse_chat_bytes(raw, self.last)
         return Chat(SOURCE, self.id, self.kind, self.name, _convert_all(obj.get("messages") or [], tally))
 
 
@@ -100,6 +108,7 @@ class Export:
     owner_name: str | None = None
     single_chat: bool = False
     streaming: bool = False  # set when the fast path misread this file
+    plain_file: bool = False  # an uncompressed file: chats can be read back by offset
     chat_count: int = 0
     _opener: Callable[[], IO[bytes]] = field(default=None, repr=False)  # type: ignore[assignment]
 
@@ -158,6 +167,7 @@ class Export:
             buf = bytearray()
             seen = 0  # bytes read so far
             search_from = 0
+            dropped = 0  # bytes of the file before buf[0]
             current: tuple[str, int, str | None] | None = None  # header of the chat starting buf
             eof = False
             while not eof:
@@ -174,16 +184,17 @@ class Export:
                     if current is None:
                         self._read_preamble(buf[: match.start()])
                     else:
-                        yield from self._fast_chat(current, buf[: match.start()], select, tally)
+                        yield from self._fast_chat(current, buf, match.start(), dropped, select, tally)
                     current = _header(match)  # read now: the match's view of buf is about to change
                     search_from = match.end() - match.start()
+                    dropped += match.start()
                     del buf[: match.start()]
                 if current is None and len(buf) > _FAST_PATH_PREAMBLE_LIMIT:
                     raise NotFastPath("no chat list found near the start of the file")
                 search_from = max(search_from, len(buf) - _HEADER_MARGIN)
             if current is None:
                 raise NotFastPath("no chat objects found")
-            yield from self._fast_chat(current, buf, select, tally, last=True)
+            yield from self._fast_chat(current, buf, len(buf), dropped, select, tally, last=True)
 
     def _read_preamble(self, preamble: bytearray) -> None:
         """Everything before the first chat: personal_information lives here in a full export."""
@@ -195,15 +206,19 @@ class Export:
             info = None  # the preamble ends mid-document by construction; absence is handled later
         self._set_personal_information(info)
 
-    def _fast_chat(self, header: tuple[str, int, str | None], raw: bytearray, select: Selector,
-                   tally: Tally, last: bool = False) -> Iterator[RawChat]:
+    def _fast_chat(self, header: tuple[str, int, str | None], buf: bytearray, end: int, offset: int,
+                   select: Selector, tally: Tally, last: bool = False) -> Iterator[RawChat]:
+        """The chat in buf[:end], which starts `offset` bytes into the file."""
         chat_type, chat_id, name = header
         self.chat_count += 1
         verdict = select(chat_type, chat_id, name)
         if verdict.startswith("skip:"):
             tally.skipped_chats[verdict[5:]] += 1
             return
-        yield RawChat(verdict, chat_id, name, raw, last)
+        if self.plain_file:
+            yield RawChat(verdict, chat_id, name, None, last, str(self.path), offset, end)
+        else:
+            yield RawChat(verdict, chat_id, name, buf[:end], last)
 
     # -- streaming path ----------------------------------------------------------------------------
     def _streamed_chats(self, select: Selector, tally: Tally, progress: Callable[[int], None] | None
@@ -323,7 +338,8 @@ def open_export(path: str | Path) -> Export:
             pass
     except OSError as err:
         raise UserError(f"cannot read {path} ({err.strerror}); check the path and its permissions.") from None
-    return Export(path=path, label=str(path), size=path.stat().st_size, _opener=lambda: open(path, "rb"))
+    return Export(path=path, label=str(path), size=path.stat().st_size, plain_file=path.is_file(),
+                  _opener=lambda: open(path, "rb"))
 
 
 def _zip_export(path: Path) -> Export:
