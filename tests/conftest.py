@@ -60,3 +60,22 @@ def small_export(tmp_path: Path) -> Path:
         chat(50, [msg(1, 1_700_300_000, OWNER, "group hello")], kind="private_supergroup", name="Group"),
     ]
     return write(tmp_path / "export" / "result.json", full_export(chats))
+
+
+@pytest.fixture(scope="session")
+def example_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example export, ingested once per test session."""
+    from llmclone.dataset.ingest import ingest
+
+    out = tmp_path_factory.mktemp("example") / "dataset"
+    ingest([EXAMPLE], out, progress=False, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, example_dataset: Path) -> Path:
+    from tiny import build_tiny_model
+
+    texts = [m["content"] for line in (example_dataset / "train.jsonl").read_text().splitlines()
+             for m in json.loads(line)["messages"]]
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", texts + ["User: ", "Clone: "])

@@ -71,6 +71,60 @@ def ingest(
         typer.echo(f"dataset written to {out}")
 
 
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Argument(help="Dataset directory made by llmclone ingest.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Clone directory to create.")],
+    model: Annotated[str | None, typer.Option(help="Base model: 'embedded' (default, offline), a local checkpoint directory, a .gguf file, or a hub id.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file with training settings (flags override it).")] = None,
+    quantize: Annotated[str | None, typer.Option(help="'4bit' for QLoRA (bitsandbytes NF4 + double quantisation).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps (overrides --epochs).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the training samples.")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha.")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help="Learning rate.")] = None,
+    batch_tokens: Annotated[int | None, typer.Option(help="Tokens per micro-step (samples packed without padding).")] = None,
+    all_linear: Annotated[bool, typer.Option("--all-linear", help="Put LoRA on every linear layer, not only q/k/v/o.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training of this clone.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing clone directory.")] = False,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print the merged settings and exit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Fine-tune a base model on your dataset (LoRA, or QLoRA with --quantize 4bit) into a clone directory."""
+    from llmclone.config import load_config
+
+    overrides = {"model": model, "quantize": quantize, "max_steps": max_steps, "epochs": epochs, "lora_r": lora_r,
+                 "lora_alpha": lora_alpha, "learning_rate": learning_rate, "batch_tokens": batch_tokens, "seed": seed,
+                 "target_modules": "all-linear" if all_linear else None}
+    settings = load_config(config, overrides)
+    if print_config:
+        typer.echo(settings_toml(settings.model_dump()))
+        return
+    from llmclone.training.trainer import Interrupted
+    from llmclone.training.trainer import train as run_train
+
+    try:
+        manifest = run_train(dataset, out, settings, resume=resume, force=force, quiet=quiet)
+    except Interrupted as stop:
+        typer.echo(str(stop), err=True)
+        raise SystemExit(130) from None
+    m = manifest["metrics"]
+    if not quiet:
+        typer.echo(f"clone written to {out}: {m['steps']} steps in {m['seconds']:.0f} s, train loss {m['train_loss']}, "
+                   f"eval loss {m['eval_loss']}")
+
+
+def settings_toml(settings: dict) -> str:
+    lines = ["[train]"]
+    for key, value in settings.items():
+        if value is None:
+            lines.append(f"# {key} = (default)")
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user mistakes become one sentence on stderr and exit code 2."""
     try:

@@ -1,0 +1,82 @@
+"""Training settings: one typed model, loaded from a TOML file, overridden by command-line flags."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llmclone.errors import UserError
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # the original LLMClone settings
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides what a clone learns. Recorded whole in the clone's manifest."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str = "embedded"
+    chat_format: Literal["transcript", "template"] | None = None  # default: template if the model has one
+    quantize: Literal["4bit"] | None = None
+    # LoRA (defaults: the original library's r=8, alpha=32, dropout 0.05 on q/k/v/o)
+    lora_r: int = Field(8, ge=1, le=1024)
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+    # optimisation
+    learning_rate: float = Field(2e-4, gt=0, le=1)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, ge=-1)  # > 0 overrides epochs
+    batch_tokens: int = Field(2048, ge=64)  # tokens per micro-step, packed with no padding
+    gradient_accumulation: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)  # longest sample; longer ones keep their end (the owner's turn)
+    seed: int = 42
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # evaluation, checkpoints, logging
+    eval_steps: int = Field(50, ge=1)
+    save_steps: int = Field(100, ge=1)
+    logging_steps: int = Field(5, ge=1)
+    max_eval_samples: int = Field(200, ge=1)
+    # mixing a general instruction/chat dataset (same JSONL format) to keep general abilities
+    mix_data: str | None = None
+    mix_ratio: float = Field(0.0, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.max_length > self.batch_tokens:
+            raise ValueError("max_length must not exceed batch_tokens (a sample must fit in a micro-step)")
+        if self.mix_ratio > 0 and not self.mix_data:
+            raise ValueError("mix_ratio needs mix_data (a JSONL file of general conversations)")
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("target_modules must name at least one module, or be 'all-linear'")
+        return self
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The TOML file's settings (a flat table, or under [train]), then the flags that were given."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as err:
+            raise UserError(f"cannot read the config file {path} ({err.strerror}).") from None
+        except tomllib.TOMLDecodeError as err:
+            raise UserError(f"{path} is not valid TOML ({err}); fix the file.") from None
+        data = data.get("train", data)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return TrainConfig(**data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown setting"
+        raise UserError(f"{where}: {message}" + (f" (in {path})" if path else "") + "; see llmclone train --help.") from None

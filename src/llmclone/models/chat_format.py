@@ -1,0 +1,139 @@
+"""How a conversation becomes tokens: one definition for training samples and for reply prompts.
+
+- `transcript` (base models, the original article's format):
+      <bos>User: how are you?\\nClone: fine))<eos>\\nUser: ...\\nClone: 
+  The clone's turn is its text plus the end-of-sequence token; everything else is context.
+- `template` (instruct models): the tokenizer's own chat template, the owner as `assistant`.
+
+`encode` returns the token ids and a mask of the tokens the loss is taken on: the owner's words and the
+token that ends the owner's turn, never anyone else's lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llmclone.errors import UserError
+
+TRANSCRIPT, TEMPLATE = "transcript", "template"
+END_OF_TURN_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "</s>")
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    kind: str = TRANSCRIPT
+    user_label: str = "User"
+    clone_label: str = "Clone"
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, requested: str | None = None) -> ChatFormat:
+        kind = requested or (TEMPLATE if getattr(tokenizer, "chat_template", None) else TRANSCRIPT)
+        if kind == TEMPLATE and not getattr(tokenizer, "chat_template", None):
+            raise UserError("this model's tokenizer has no chat template; use the transcript chat format.")
+        if kind not in (TRANSCRIPT, TEMPLATE):
+            raise UserError(f"unknown chat format {kind!r}; use 'transcript' or 'template'.")
+        return cls(kind)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChatFormat:
+        return cls(data["kind"], data.get("user_label", "User"), data.get("clone_label", "Clone"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "user_label": self.user_label, "clone_label": self.clone_label}
+
+    # -- training --------------------------------------------------------------------------------------
+    def encode(self, tokenizer: Any, messages: Sequence[dict[str, str]], max_length: int | None = None
+               ) -> tuple[list[int], list[int]]:
+        """Token ids of a whole sample and its loss mask (1 = an owner token). Long samples keep their end."""
+        pieces = self._pieces(tokenizer, messages)
+        ids, mask = _tokenize_pieces(tokenizer, pieces)
+        if self.kind == TRANSCRIPT and tokenizer.bos_token_id is not None:
+            ids, mask = [tokenizer.bos_token_id, *ids], [0, *mask]
+        if max_length is not None and len(ids) > max_length:
+            ids, mask = ids[-max_length:], mask[-max_length:]
+        return ids, mask
+
+    # -- replying --------------------------------------------------------------------------------------
+    def prompt(self, tokenizer: Any, history: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of the conversation so far, ending where the clone's turn begins."""
+        if self.kind == TRANSCRIPT:
+            ids, _ = _tokenize_pieces(tokenizer, [*self._pieces(tokenizer, history), (self.clone_label + ": ", 0)])
+            return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+        text = tokenizer.apply_chat_template(_for_template(history), tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def stop_ids(self, tokenizer: Any) -> list[int]:
+        """Tokens that end the clone's turn."""
+        ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        if self.kind == TEMPLATE:
+            vocab = tokenizer.get_vocab()
+            ids |= {vocab[t] for t in END_OF_TURN_TOKENS if t in vocab}
+        return sorted(ids)
+
+    def stop_strings(self) -> list[str]:
+        """Text that means the model started writing someone else's line (a safety net for base models)."""
+        return [f"\n{self.user_label}:", f"\n{self.clone_label}:"] if self.kind == TRANSCRIPT else []
+
+    # -- internals -------------------------------------------------------------------------------------
+    def _pieces(self, tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[tuple[str, int]]:
+        if self.kind == TEMPLATE:
+            return _template_pieces(tokenizer, _for_template(messages))
+        eos = tokenizer.eos_token or ""
+        pieces: list[tuple[str, int]] = []
+        for m in messages:
+            if m["role"] == "assistant":
+                pieces += [(self.clone_label + ": ", 0), (m["content"] + eos, 1), ("\n", 0)]
+            else:
+                pieces.append((f"{self.user_label}: {m['content']}\n", 0))
+        return pieces
+
+
+def _tokenize_pieces(tokenizer: Any, pieces: list[tuple[str, int]]) -> tuple[list[int], list[int]]:
+    encoded = tokenizer([text for text, _ in pieces], add_special_tokens=False)["input_ids"] if pieces else []
+    ids: list[int] = []
+    mask: list[int] = []
+    for (_, trained), piece_ids in zip(pieces, encoded, strict=True):
+        ids += piece_ids
+        mask += [trained] * len(piece_ids)
+    return ids, mask
+
+
+def _for_template(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """Chat templates want alternating roles starting with the user: join runs, open with a user line."""
+    out: list[dict[str, str]] = []
+    for m in messages:
+        if out and out[-1]["role"] == m["role"]:
+            out[-1] = {"role": m["role"], "content": out[-1]["content"] + "\n" + m["content"]}
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+    if out and out[0]["role"] == "assistant":
+        out.insert(0, {"role": "user", "content": "…"})
+    return out
+
+
+def _template_pieces(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, int]]:
+    """Render prefix by prefix; the text each assistant message adds is what the loss is taken on."""
+    def render(msgs: list[dict[str, str]], gen: bool = False) -> str:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
+    pieces: list[tuple[str, int]] = []
+    done = ""
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            before = render(messages[:i], gen=True)
+            _check_prefix(done, before)
+            pieces.append((before[len(done):], 0))
+            done = before
+        after = render(messages[: i + 1])
+        _check_prefix(done, after)
+        pieces.append((after[len(done):], 1 if m["role"] == "assistant" else 0))
+        done = after
+    return [(text, trained) for text, trained in pieces if text]
+
+
+def _check_prefix(prefix: str, text: str) -> None:
+    if not text.startswith(prefix):
+        raise UserError("this model's chat template rewrites earlier turns, so the owner's tokens cannot be "
+                        "found; train with --chat-format transcript.")

@@ -1,0 +1,302 @@
+"""`llmclone train`: LoRA / QLoRA fine-tuning with TRL's SFTTrainer, producing a clone directory.
+
+What makes it fast on short, uneven chat samples (see shared/docs/performance.md):
+- padding-free packing (best-fit decreasing into rows of `batch_tokens`), with position ids that restart
+  at every sample so packed samples never attend to each other;
+- the loss only on the owner's tokens, and TRL's fused LM head, which projects only those positions
+  through the output layer (Gemma's 262k-token vocabulary makes that layer most of the model);
+- gradient checkpointing only where memory asks for it, bf16 where the hardware has it.
+
+Work in progress lives in `<clone>.partial/` (checkpoints, metrics) so `--resume` can continue it;
+the clone directory itself appears only when training has finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from llmclone.config import TrainConfig
+from llmclone.dataset.io import PRIVATE_DIR, atomic_dir, private_umask, write_json
+from llmclone.errors import UserError
+from llmclone.manifest import FORMAT_VERSION, library_versions
+from llmclone.models.base_models import BaseModel, resolve
+from llmclone.models.chat_format import ChatFormat
+from llmclone.training.data import check_dataset, tokenized, training_samples
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training: a checkpoint was saved; `--resume` continues."""
+
+
+def partial_dir(out: Path) -> Path:
+    return out.with_name(f".{out.name}.partial")
+
+
+def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume: bool = False, force: bool = False,
+          quiet: bool = False) -> dict[str, Any]:
+    """Train a clone on the dataset; returns its manifest. Raises Interrupted on Ctrl-C (after saving)."""
+    dataset_dir, out = Path(dataset_dir), Path(out).absolute()
+    stats = check_dataset(dataset_dir)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"{out} already exists; choose another clone directory or pass --force to replace it.")
+    work = partial_dir(out)
+    config_key = _config_key(config, stats)
+    if resume:
+        if not (work / "checkpoints").is_dir() or not list((work / "checkpoints").glob("checkpoint-*")):
+            raise UserError(f"nothing to resume for {out}; start training without --resume.")
+        saved = json.loads((work / "run.json").read_text()).get("config_key")
+        if saved != config_key:
+            raise UserError(f"the checkpoint in {work} was made with other settings or data; use the same "
+                            "settings, or start again without --resume.")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    with private_umask():
+        work.mkdir(parents=True, exist_ok=True)
+    work.chmod(PRIVATE_DIR)
+    write_json(work / "run.json", {"config_key": config_key, "config": config.model_dump()})
+
+    base = resolve(config.model)
+    session = _Session(base, config, work, quiet)
+    train_samples, eval_samples = training_samples(dataset_dir, config)
+    trainer = session.trainer(train_samples, eval_samples)
+    started = time.time()
+    with _CtrlC(session):
+        try:
+            trainer.train(resume_from_checkpoint=_latest_checkpoint(work) if resume else None)
+        except RuntimeError as err:
+            if "out of memory" in str(err).lower() or "can't allocate memory" in str(err).lower():
+                raise UserError(f"ran out of memory; lower batch_tokens (now {config.batch_tokens}) or max_length "
+                                f"(now {config.max_length}), or use --quantize 4bit.") from None
+            raise
+    if session.interrupted:  # CtrlCStop had the trainer save a checkpoint at the end of that step
+        raise Interrupted(f"training interrupted at step {trainer.state.global_step}; a checkpoint is in {work}. "
+                          f"Continue with: llmclone train {dataset_dir} --out {out} --resume")
+    final_eval = trainer.evaluate() if eval_samples else {}
+    seconds = time.time() - started
+
+    with atomic_dir(out, force=True, what="clone") as tmp:
+        trainer.model.save_pretrained(str(tmp / "adapter"))
+        shutil.copyfile(work / "metrics.jsonl", tmp / "metrics.jsonl")
+        manifest = _manifest(base, session.chat_format, stats, dataset_dir, config, trainer, final_eval, seconds)
+        write_json(tmp / "clone.json", manifest)
+        plot_losses(tmp / "metrics.jsonl", tmp / "loss.png")
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+class _Session:
+    """The model, tokenizer and TRL trainer for one run."""
+
+    def __init__(self, base: BaseModel, config: TrainConfig, work: Path, quiet: bool) -> None:
+        from transformers import AutoTokenizer
+
+        self.base, self.config, self.work, self.quiet = base, config, work, quiet
+        self.interrupted = False
+        self.tokenizer = AutoTokenizer.from_pretrained(base.path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.chat_format = ChatFormat.for_tokenizer(self.tokenizer, config.chat_format)
+        self._trainer: Any = None
+
+    def trainer(self, train_samples: list, eval_samples: list) -> Any:
+        import torch
+        from peft import LoraConfig
+        from transformers import PrinterCallback
+        from trl import SFTConfig, SFTTrainer
+
+        config = self.config
+        train_set = tokenized(train_samples, self.tokenizer, self.chat_format, config.max_length)
+        eval_set = tokenized(eval_samples, self.tokenizer, self.chat_format, config.max_length) if eval_samples else None
+        if len(train_set) == 0:
+            raise UserError("no training sample has an owner turn left after truncation; raise max_length.")
+        model = load_base_model(self.base, config)
+        cuda = torch.cuda.is_available()
+        precision = config.precision
+        if precision == "auto":
+            precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else ("fp16" if cuda else "fp32")
+        checkpointing = config.gradient_checkpointing
+        if checkpointing == "auto":  # pays only when activations would not fit: big models on a GPU
+            checkpointing = cuda and _param_bytes(model) > 0.4 * torch.cuda.get_device_properties(0).total_memory
+        args = SFTConfig(
+            output_dir=str(self.work / "checkpoints"),
+            per_device_train_batch_size=1,
+            per_device_eval_batch_size=1,
+            gradient_accumulation_steps=config.gradient_accumulation,
+            max_length=config.batch_tokens,
+            packing=True,
+            packing_strategy="bfd",
+            padding_free=True,
+            num_train_epochs=config.epochs,
+            max_steps=config.max_steps,
+            learning_rate=config.learning_rate,
+            lr_scheduler_type=config.lr_scheduler,
+            warmup_steps=config.warmup_ratio,
+            weight_decay=config.weight_decay,
+            optim="paged_adamw_8bit" if config.quantize and cuda else "adamw_torch",
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
+            gradient_checkpointing=bool(checkpointing),
+            gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+            eval_strategy="steps" if eval_set is not None else "no",
+            eval_steps=config.eval_steps,
+            save_strategy="steps",
+            save_steps=config.save_steps,
+            save_total_limit=2,
+            logging_steps=config.logging_steps,
+            seed=config.seed,
+            data_seed=config.seed,
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=cuda,
+            ddp_find_unused_parameters=False,
+        )
+        lora = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=config.target_modules, task_type="CAUSAL_LM",
+        )
+        from llmclone.training.callbacks import CtrlCStop, MetricsFile, ProgressBar
+
+        callbacks = [MetricsFile(self.work / "metrics.jsonl"), CtrlCStop(self)]
+        if not self.quiet:
+            callbacks.append(ProgressBar())
+        try:
+            self._trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                                       processing_class=self.tokenizer, peft_config=lora, callbacks=callbacks)
+            self._trainer.remove_callback(PrinterCallback)  # our bar and metrics.jsonl report instead
+        except ValueError as err:
+            if "target modules" in str(err).lower():
+                raise UserError(f"target_modules {config.target_modules} do not exist in this model; use names of "
+                                "its linear layers or 'all-linear'.") from None
+            raise
+        return self._trainer
+
+
+def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cuda = torch.cuda.is_available()
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32}
+    if config.quantize == "4bit":
+        try:
+            from transformers import BitsAndBytesConfig
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise UserError("--quantize 4bit needs bitsandbytes; run: pip install 'llmclone[quantize]'.") from None
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=kwargs["dtype"],
+        )
+        if cuda:
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
+    except OSError as err:
+        raise UserError(f"cannot load the base model from {base.path} ({err}); check --model.") from None
+    if config.quantize == "4bit":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.config.use_cache = False
+    return model
+
+
+def _param_bytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _latest_checkpoint(work: Path) -> str | None:
+    found = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(found[-1]) if found else None
+
+
+def _config_key(config: TrainConfig, stats: dict[str, Any]) -> str:
+    """What a resume must match: every setting except how long to train, and the data."""
+    settings = config.model_dump(exclude={"epochs", "max_steps", "eval_steps", "save_steps", "logging_steps"})
+    blob = json.dumps([settings, stats.get("dataset_digest")], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _manifest(base: BaseModel, chat_format: ChatFormat, stats: dict[str, Any], dataset_dir: Path,
+              config: TrainConfig, trainer: Any, final_eval: dict[str, float], seconds: float) -> dict[str, Any]:
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {
+        "format_version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "base_model": base.to_json(),
+        "chat_format": chat_format.to_json(),
+        "owner": stats.get("owner", {}),
+        "dataset": {
+            "name": dataset_dir.name,
+            "digest": stats.get("dataset_digest"),
+            "samples": stats.get("samples"),
+            "tokens_estimated": stats.get("tokens_estimated"),
+        },
+        "training": config.model_dump(),
+        "metrics": {
+            "steps": trainer.state.global_step,
+            "train_loss": history[-1]["loss"] if history else None,
+            "eval_loss": final_eval.get("eval_loss"),
+            "train_tokens": int(max((h.get("num_tokens", 0) for h in history), default=0)) or None,
+            "seconds": round(seconds, 1),
+        },
+        "versions": library_versions(),
+    }
+
+
+def plot_losses(metrics: Path, out: Path) -> None:
+    """loss.png: training and evaluation loss against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss (owner tokens)")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss (held-out future)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy")
+    ax.set_title("LLMClone training")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with private_umask():
+        fig.savefig(out)
+    plt.close(fig)
+
+
+class _CtrlC:
+    """Ctrl-C asks the trainer to save and stop at the end of the current step (a second one aborts)."""
+
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+
+    def __enter__(self) -> None:
+        self.previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.session.interrupted:
+                raise KeyboardInterrupt
+            self.session.interrupted = True
+            print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)...", flush=True)
+
+        try:
+            signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self.previous = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)

@@ -1,0 +1,77 @@
+"""The command line as a user runs it: a real process, exit codes, one-sentence errors, no partial output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE, chat, full_export, msg, write
+
+
+def llmclone(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "llmclone", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_commands() -> None:
+    out = llmclone("--help")
+    assert out.returncode == 0 and "ingest" in out.stdout
+
+
+def test_ingest_example(tmp_path: Path) -> None:
+    out = llmclone("ingest", str(EXAMPLE.parent), "--out", str(tmp_path / "ds"))
+    assert out.returncode == 0, out.stderr
+    assert "samples:" in out.stdout and "redactions: 1 email, 1 phone" in out.stdout
+    as_json = llmclone("ingest", str(EXAMPLE), "--out", str(tmp_path / "ds2"), "--json")
+    assert json.loads(as_json.stdout)["owner"]["name"] == "Lyosha Petrov"
+
+
+def _bad_inputs(tmp: Path) -> dict[str, Path]:
+    files = {
+        "not json": b"just some text",
+        "truncated": EXAMPLE.read_bytes()[:50_000],
+        "html": b"<!DOCTYPE html>\n<html><head><title>Exported Data</title></head></html>",
+        "other json": b'{"users": [1, 2, 3]}',
+        "empty export": json.dumps(full_export([])).encode(),
+        "owner silent": json.dumps(full_export([chat(7, [msg(1, 1_700_000_000, 7, "anyone?")])])).encode(),
+    }
+    paths = {}
+    for name, content in files.items():
+        paths[name] = tmp / name.replace(" ", "_") / "result.json"
+        paths[name].parent.mkdir()
+        paths[name].write_bytes(content)
+    unreadable = tmp / "unreadable.json"
+    unreadable.write_text("{}")
+    unreadable.chmod(0)
+    paths["unreadable"] = unreadable
+    paths["missing"] = tmp / "missing.json"
+    return paths
+
+
+@pytest.mark.parametrize("case", ["not json", "truncated", "html", "other json", "empty export", "owner silent",
+                                  "unreadable", "missing"])
+def test_bad_input_one_sentence_exit_2_no_output(tmp_path: Path, case: str) -> None:
+    path = _bad_inputs(tmp_path)[case]
+    if case == "unreadable" and path.open("rb").readable() and __import__("os").geteuid() == 0:
+        pytest.skip("root reads any file")
+    out = llmclone("ingest", str(path), "--out", str(tmp_path / "ds"))
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in out.stderr
+    assert str(path.name) in out.stderr or str(path) in out.stderr
+    assert not (tmp_path / "ds").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ds")]
+
+
+def test_bad_option_value(tmp_path: Path) -> None:
+    out = llmclone("ingest", str(EXAMPLE), "--out", str(tmp_path / "ds"), "--since", "last week")
+    assert out.returncode == 2 and "YYYY-MM-DD" in out.stderr
+
+
+def test_existing_dataset_needs_force(tmp_path: Path) -> None:
+    write(tmp_path / "ds" / "keep.txt", "mine")
+    out = llmclone("ingest", str(EXAMPLE), "--out", str(tmp_path / "ds"))
+    assert out.returncode == 2 and "--force" in out.stderr
+    assert (tmp_path / "ds" / "keep.txt").exists()

@@ -1,0 +1,185 @@
+"""The ingest pipeline end to end (in-process): outputs, split, privacy, selection, determinism."""
+
+from __future__ import annotations
+
+import json
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE, OWNER, chat, dialogue, full_export, msg, write
+
+from llmclone import process_tg_data
+from llmclone.dataset.ingest import IngestOptions, ingest
+from llmclone.dataset.io import read_jsonl
+from llmclone.errors import UserError
+
+
+def run(paths: list[Path] | Path, out: Path, **options: object) -> dict:
+    workers = options.pop("workers", 1)
+    return ingest(paths if isinstance(paths, list) else [paths], out, IngestOptions(**options), progress=False,
+                  workers=workers)  # type: ignore[arg-type]
+
+
+def rows(out: Path, name: str = "train") -> list[dict]:
+    return list(read_jsonl(out / f"{name}.jsonl"))
+
+
+def test_example_export(tmp_path: Path) -> None:
+    stats = run(EXAMPLE, tmp_path / "ds")
+    assert stats["owner"]["name"] == "Lyosha Petrov"
+    assert stats["chats"]["used"] == 5 and stats["chats"]["skipped"]["group"] == 1
+    assert stats["redactions"] == {"email": 1, "phone": 1}
+    train, ev = rows(tmp_path / "ds"), rows(tmp_path / "ds", "eval")
+    assert len(train) == stats["samples"]["train"] and len(ev) == stats["samples"]["eval"]
+    for row in train + ev:
+        assert row["messages"][-1]["role"] == "assistant"
+        assert set(row) == {"messages", "chat", "start"}
+    text = (tmp_path / "ds" / "train.jsonl").read_text() + (tmp_path / "ds" / "eval.jsonl").read_text()
+    assert "lyosha.petrov@example.com" not in text and "555-12-34" not in text
+    assert "<email>" in text and "<phone>" in text
+
+
+def test_split_is_by_time(tmp_path: Path) -> None:
+    stats = run(EXAMPLE, tmp_path / "ds")
+    cutoff = stats["split"]["eval_from_unixtime"]
+    assert cutoff is not None
+    # every eval sample's owner turn is at or after the cutoff, every train one before it
+    export = json.loads(EXAMPLE.read_text())
+    owner_times = {}
+    for c in export["chats"]["list"]:
+        for m in c["messages"]:
+            if m.get("from_id") == "user100000001" and isinstance(m.get("text"), str):
+                owner_times.setdefault(m["text"], []).append(int(m["date_unixtime"]))
+    assert 0.05 < stats["samples"]["eval"] / (stats["samples"]["eval"] + stats["samples"]["train"]) < 0.2
+    for name, ok in (("train", lambda t: t < cutoff), ("eval", lambda t: t >= cutoff)):
+        for row in rows(tmp_path / "ds", name):
+            first_line = row["messages"][-1]["content"].split("\n")[0]
+            if first_line in owner_times:
+                assert any(ok(t) for t in owner_times[first_line])
+
+
+def test_same_input_same_bytes_and_private_files(tmp_path: Path) -> None:
+    run(EXAMPLE, tmp_path / "a")
+    run(EXAMPLE, tmp_path / "b", workers=2)
+    for name in ("train.jsonl", "eval.jsonl", "stats.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        assert stat.S_IMODE((tmp_path / "a" / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
+
+
+def test_parallel_path_equals_sequential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import llmclone.dataset.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "_PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(ingest_module, "_BATCH_BYTES", 2000)  # many batches
+    chats = [chat(i, dialogue(i, 30, start=1_700_000_000 + i * 7, peer=i)) for i in range(200, 230)]
+    export = write(tmp_path / "r.json", full_export(chats))
+    seq = run(export, tmp_path / "seq", workers=1)
+    par = run(export, tmp_path / "par", workers=2)
+    assert seq == par
+    for name in ("train.jsonl", "eval.jsonl"):
+        assert (tmp_path / "seq" / name).read_bytes() == (tmp_path / "par" / name).read_bytes()
+
+
+def test_groups_only_owner_messages_get_no_invented_context(tmp_path: Path, small_export: Path) -> None:
+    stats = run(small_export, tmp_path / "ds", groups=True)
+    assert stats["chats"]["group"] == 1 and stats["chats"]["groups_without_context"] == 1
+    group_rows = [r for r in rows(tmp_path / "ds") + rows(tmp_path / "ds", "eval")
+                  if r["messages"][-1]["content"] == "group hello"]
+    assert group_rows == [{"messages": [{"role": "assistant", "content": "group hello"}], "chat": group_rows[0]["chat"],
+                           "start": 1_700_300_000}]
+
+
+def test_chat_selection_and_dates(tmp_path: Path, small_export: Path) -> None:
+    only = run(small_export, tmp_path / "a", chats=["Third"])
+    assert only["chats"]["used"] == 1 and only["chats"]["skipped"]["not_selected"] == 3
+    excluded = run(small_export, tmp_path / "b", exclude_chats=["7", "third"])
+    assert excluded["chats"]["used"] == 1
+    dated = run(small_export, tmp_path / "c", since="2023-11-16")  # 1_700_100_000 is 2023-11-16
+    assert dated["chats"]["used"] == 2 and dated["messages"]["dropped"]["out_of_date_range"] == 12
+
+
+def test_me_by_name_and_by_id(tmp_path: Path) -> None:
+    single = write(tmp_path / "g.json", chat(50, [msg(1, 1_700_000_000, 5, "q?"), msg(2, 1_700_000_030, 6, "a!")],
+                                             kind="private_group", name="G"))
+    with pytest.raises(UserError, match="cannot tell which sender is you"):
+        run(single, tmp_path / "x", groups=True)
+    by_id = run(single, tmp_path / "a", groups=True, me="user6")
+    by_name = run(single, tmp_path / "b", groups=True, me="name 6")
+    assert rows(tmp_path / "a") + rows(tmp_path / "a", "eval") == rows(tmp_path / "b") + rows(tmp_path / "b", "eval")
+    assert by_id["messages"]["owner"] == by_name["messages"]["owner"] == 1
+
+
+def test_several_exports_deduplicated_and_merged(tmp_path: Path) -> None:
+    messages = dialogue(7, 20)
+    a = write(tmp_path / "a.json", full_export([chat(7, messages[:12])]))
+    b = write(tmp_path / "b.json", full_export([chat(7, messages[8:])]))  # overlaps 8..11
+    whole = write(tmp_path / "w.json", full_export([chat(7, messages)]))
+    merged = run([a, b], tmp_path / "m")
+    single = run(whole, tmp_path / "s")
+    assert merged["messages"] == single["messages"]
+    assert rows(tmp_path / "m") + rows(tmp_path / "m", "eval") == rows(tmp_path / "s") + rows(tmp_path / "s", "eval")
+
+
+def test_exports_of_different_accounts_refused(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.json", full_export([chat(7, dialogue(7, 4))]))
+    b = write(tmp_path / "b.json", full_export([chat(7, dialogue(7, 4))], owner=999))
+    with pytest.raises(UserError, match="different accounts"):
+        run([a, b], tmp_path / "m")
+
+
+def test_redact_file_and_drop(tmp_path: Path) -> None:
+    messages = [msg(1, 1_700_000_000, 7, "how is Project Falcon?"), msg(2, 1_700_000_030, OWNER, "secret stuff"),
+                msg(3, 1_700_010_000 + 20000, 7, "lunch?"), msg(4, 1_700_030_100, OWNER, "sure")]
+    export = write(tmp_path / "r.json", full_export([chat(7, messages)]))
+    terms = tmp_path / "redact.txt"
+    terms.write_text("project falcon\n")
+    kept = run(export, tmp_path / "a", redact_file=str(terms), eval_fraction=0)
+    assert kept["redactions"] == {"custom": 1}
+    assert "<redacted>" in (tmp_path / "a" / "train.jsonl").read_text()
+    dropped = run(export, tmp_path / "b", redact_file=str(terms), drop_redacted=True, eval_fraction=0)
+    assert dropped["samples"]["train"] == 1 and dropped["samples"]["dropped_redacted"] == 1
+
+
+def test_nothing_left_behind_on_failure(tmp_path: Path) -> None:
+    export = write(tmp_path / "r.json", full_export([chat(7, [msg(1, 1, 7, "only them")])]))
+    with pytest.raises(UserError, match="wrote no messages"):
+        run(export, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_existing_output_kept_without_force(tmp_path: Path) -> None:
+    run(EXAMPLE, tmp_path / "ds")
+    before = (tmp_path / "ds" / "train.jsonl").read_bytes()
+    with pytest.raises(UserError, match="already exists"):
+        run(EXAMPLE, tmp_path / "ds")
+    assert ingest([EXAMPLE], tmp_path / "ds", IngestOptions(max_context=32), force=True, progress=False)
+    assert (tmp_path / "ds" / "train.jsonl").read_bytes() != before
+
+
+def test_zip_input(tmp_path: Path) -> None:
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(EXAMPLE, "DataExport_2025-09-01/result.json")
+    run(archive, tmp_path / "z")
+    run(EXAMPLE, tmp_path / "p")
+    assert (tmp_path / "z" / "train.jsonl").read_bytes() == (tmp_path / "p" / "train.jsonl").read_bytes()
+
+
+def test_invalid_options() -> None:
+    for bad in ({"merge_gap": 5000, "session_gap": 100}, {"eval_fraction": 1.5}, {"since": "yesterday"},
+                {"context_unit": "words"}, {"drop_redacted": True}):
+        with pytest.raises(UserError):
+            IngestOptions(**bad).validate()  # type: ignore[arg-type]
+
+
+def test_process_tg_data_formats() -> None:
+    dataset = process_tg_data(EXAMPLE)
+    messages = process_tg_data(str(EXAMPLE), output_format="messages")
+    jsonl = process_tg_data(EXAMPLE.parent, output_format="jsonl")
+    assert len(dataset) == len(messages) == len(jsonl.splitlines())
+    assert dataset[0]["messages"] == messages[0] == json.loads(jsonl.splitlines()[0])["messages"]
+    with pytest.raises(UserError):
+        process_tg_data(EXAMPLE, output_format="csv")
