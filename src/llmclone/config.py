@@ -13,6 +13,15 @@ from llmclone.errors import UserError
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # the original LLMClone settings
 
 
+def cpu_or_gpu_batch_tokens(value: int | str) -> int:
+    """The batch_tokens to use on this machine."""
+    if value != "auto":
+        return int(value)
+    import torch
+
+    return 8192 if torch.cuda.is_available() else 1024
+
+
 class TrainConfig(BaseModel):
     """Everything that decides what a clone learns. Recorded whole in the clone's manifest."""
 
@@ -33,7 +42,9 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, ge=-1)  # > 0 overrides epochs
-    batch_tokens: int = Field(2048, ge=64)  # tokens per micro-step, packed with no padding
+    # tokens per micro-step, packed with no padding; "auto": 1024 on a CPU (attention there is dense over the
+    # packed row, so longer rows cost more per token), 8192 on a GPU
+    batch_tokens: int | Literal["auto"] = "auto"
     gradient_accumulation: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16)  # longest sample; longer ones keep their end (the owner's turn)
     seed: int = 42
@@ -50,7 +61,9 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.max_length > self.batch_tokens:
+        if isinstance(self.batch_tokens, int) and self.batch_tokens < 64:
+            raise ValueError("batch_tokens must be at least 64")
+        if isinstance(self.batch_tokens, int) and self.max_length > self.batch_tokens:
             raise ValueError("max_length must not exceed batch_tokens (a sample must fit in a micro-step)")
         if self.mix_ratio > 0 and not self.mix_data:
             raise ValueError("mix_ratio needs mix_data (a JSONL file of general conversations)")

@@ -3,8 +3,8 @@
 What makes it fast on short, uneven chat samples (see shared/docs/performance.md):
 - padding-free packing (best-fit decreasing into rows of `batch_tokens`), with position ids that restart
   at every sample so packed samples never attend to each other;
-- the loss only on the owner's tokens, and TRL's fused LM head, which projects only those positions
-  through the output layer (Gemma's 262k-token vocabulary makes that layer most of the model);
+- the loss only on the owner's tokens, with logits computed only at those positions (Gemma's 262k-token
+  vocabulary makes the output layer most of the model; see loss.py);
 - gradient checkpointing only where memory asks for it, bf16 where the hardware has it.
 
 Work in progress lives in `<clone>.partial/` (checkpoints, metrics) so `--resume` can continue it;
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmclone.config import TrainConfig
+from llmclone.config import TrainConfig, cpu_or_gpu_batch_tokens
 from llmclone.dataset.io import PRIVATE_DIR, atomic_dir, private_umask, write_json
 from llmclone.errors import UserError
 from llmclone.manifest import FORMAT_VERSION, library_versions
@@ -71,7 +71,7 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
             trainer.train(resume_from_checkpoint=_latest_checkpoint(work) if resume else None)
         except RuntimeError as err:
             if "out of memory" in str(err).lower() or "can't allocate memory" in str(err).lower():
-                raise UserError(f"ran out of memory; lower batch_tokens (now {config.batch_tokens}) or max_length "
+                raise UserError(f"ran out of memory; lower batch_tokens (now {cpu_or_gpu_batch_tokens(config.batch_tokens)}) or max_length "
                                 f"(now {config.max_length}), or use --quantize 4bit.") from None
             raise
     if session.interrupted:  # CtrlCStop had the trainer save a checkpoint at the end of that step
@@ -108,7 +108,9 @@ class _Session:
         import torch
         from peft import LoraConfig
         from transformers import PrinterCallback
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTConfig
+
+        from llmclone.training.loss import CloneTrainer
 
         config = self.config
         train_set = tokenized(train_samples, self.tokenizer, self.chat_format, config.max_length)
@@ -128,7 +130,7 @@ class _Session:
             per_device_train_batch_size=1,
             per_device_eval_batch_size=1,
             gradient_accumulation_steps=config.gradient_accumulation,
-            max_length=config.batch_tokens,
+            max_length=cpu_or_gpu_batch_tokens(config.batch_tokens),
             packing=True,
             packing_strategy="bfd",
             padding_free=True,
@@ -167,7 +169,7 @@ class _Session:
         if not self.quiet:
             callbacks.append(ProgressBar())
         try:
-            self._trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+            self._trainer = CloneTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                                        processing_class=self.tokenizer, peft_config=lora, callbacks=callbacks)
             self._trainer.remove_callback(PrinterCallback)  # our bar and metrics.jsonl report instead
         except ValueError as err:
@@ -186,8 +188,8 @@ def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32}
     if config.quantize == "4bit":
         try:
-            from transformers import BitsAndBytesConfig
             import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
         except ImportError:
             raise UserError("--quantize 4bit needs bitsandbytes; run: pip install 'llmclone[quantize]'.") from None
         kwargs["quantization_config"] = BitsAndBytesConfig(

@@ -1,0 +1,169 @@
+"""LLMClone: a trained clone, loaded from its directory, answering as its owner.
+
+Also the original library's API: `CloneConfig`, `LLMClone(config)`, `train_clone(clone, dataset)`,
+`clone.sample(prompt)`, `clone.save(path)`, `clone.add_adapters(path)`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmclone import placeholders
+from llmclone.config import TrainConfig
+from llmclone.errors import UserError
+from llmclone.manifest import read_manifest
+from llmclone.models.base_models import BaseModel, resolve
+from llmclone.models.chat_format import ChatFormat
+
+DEFAULT_SAMPLING = {"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 80}
+CONTEXT_TOKENS = 1024  # history beyond this is trimmed, oldest first
+
+
+@dataclass
+class CloneConfig:
+    """The original library's settings object; extra fields are any `TrainConfig` setting."""
+
+    model_name: str = "embedded"
+    quantized: bool = False
+    output_dir: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(model=self.model_name, quantize="4bit" if self.quantized else None, **self.settings)
+
+
+class LLMClone:
+    def __init__(self, config: CloneConfig | None = None) -> None:
+        self.config = config or CloneConfig()
+        self.clone_dir: Path | None = None
+        self.manifest: dict[str, Any] | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self.chat_format = ChatFormat()
+
+    # -- loading ---------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, clone_dir: str | Path) -> LLMClone:
+        """Load a clone directory: its base model (resolved again on this machine) plus its adapter."""
+        manifest = read_manifest(clone_dir)
+        clone = cls(CloneConfig(model_name=manifest["base_model"]["spec"]))
+        clone.clone_dir, clone.manifest = Path(clone_dir), manifest
+        clone.chat_format = ChatFormat.from_json(manifest["chat_format"])
+        clone._load(_base_for(manifest), Path(clone_dir) / "adapter")
+        return clone
+
+    def _load(self, base: BaseModel, adapter: Path | None) -> None:
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(base.path)
+        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        self._model = model.eval()
+
+    def add_adapters(self, path: str | Path) -> None:
+        """Put a trained LoRA adapter (a directory with adapter_config.json) on the base model."""
+        from peft import PeftModel
+
+        path = Path(path)
+        if (path / "adapter").is_dir():
+            path = path / "adapter"
+        if not (path / "adapter_config.json").is_file():
+            raise UserError(f"{path} holds no LoRA adapter (adapter_config.json); give a clone or adapter directory.")
+        if self._model is None:
+            self._load(resolve(self.config.model_name), None)
+        base = self._model.get_base_model() if hasattr(self._model, "get_base_model") else self._model
+        self._model = PeftModel.from_pretrained(base, str(path)).eval()
+
+    def save(self, path: str | Path) -> None:
+        """Save the adapter (and, for a loaded clone, its manifest) to a directory."""
+        if self._model is None or not hasattr(self._model, "save_pretrained"):
+            raise UserError("nothing to save: train the clone or load one first.")
+        path = Path(path)
+        self._model.save_pretrained(str(path / "adapter"))
+        if self.manifest is not None:
+            (path / "clone.json").write_text(json.dumps(self.manifest, ensure_ascii=False, indent=2))
+
+    # -- replying --------------------------------------------------------------------------------------
+    def reply(self, history: list[dict[str, Any]], keep_media_tags: bool = False, base: bool = False,
+              **sampling: Any) -> list[str]:
+        """The owner's next messages after `history` ([{"role": "user"|"assistant", "content": ...}, ...]).
+
+        `base=True` answers with the base model (the adapter switched off), for comparison.
+        """
+        text = self.generate(history, base=base, **sampling)
+        messages = [placeholders.render_outgoing(line, keep_media_tags) for line in text.split("\n")]
+        return [m for m in messages if m]
+
+    def generate(self, history: list[dict[str, Any]], base: bool = False, **sampling: Any) -> str:
+        import contextlib
+
+        import torch
+
+        if self._model is None:
+            raise UserError("the clone has no model yet: train it or load a clone directory.")
+        tok, fmt = self._tokenizer, self.chat_format
+        history = [{"role": m["role"], "content": m["content"]} for m in history]
+        ids = fmt.prompt(tok, history)
+        while len(ids) > CONTEXT_TOKENS and len(history) > 1:  # trim the oldest turns first
+            history = history[1:]
+            ids = fmt.prompt(tok, history)
+        params = DEFAULT_SAMPLING | sampling
+        do_sample = params.get("temperature", 0) > 0
+        off = self._model.disable_adapter() if base and hasattr(self._model, "disable_adapter") else contextlib.nullcontext()
+        with torch.inference_mode(), off:
+            out = self._model.generate(
+                torch.tensor([ids[-CONTEXT_TOKENS:]]), do_sample=do_sample,
+                temperature=params["temperature"] if do_sample else None, top_p=params["top_p"] if do_sample else None,
+                repetition_penalty=params["repetition_penalty"], max_new_tokens=params["max_new_tokens"],
+                eos_token_id=fmt.stop_ids(tok), pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                stop_strings=fmt.stop_strings() or None, tokenizer=tok,
+            )
+        text = tok.decode(out[0, len(ids[-CONTEXT_TOKENS:]):], skip_special_tokens=True)
+        for stop in fmt.stop_strings():  # never write the other person's lines
+            text = text.split(stop)[0]
+        return text.strip()
+
+    def sample(self, prompt: str, **sampling: Any) -> str:
+        """The original library's call: the clone's answer to one message, as text."""
+        return "\n".join(self.reply([{"role": "user", "content": prompt}], **sampling))
+
+
+def _base_for(manifest: dict[str, Any]) -> BaseModel:
+    recorded = manifest["base_model"]
+    try:
+        base = resolve(recorded["spec"])
+    except UserError as err:
+        raise UserError(f"the clone's base model {recorded['spec']!r} is not available here ({err})") from None
+    if recorded.get("checksum") and base.checksum and recorded["checksum"] != base.checksum:
+        raise UserError(f"the base model found for {recorded['spec']!r} differs from the one the clone was trained on; "
+                        "use the same base model files.")
+    return base
+
+
+def train_clone(clone: LLMClone, dataset: Any, out: str | Path | None = None, **kwargs: Any) -> LLMClone:
+    """Train `clone` on a dataset (a dataset directory, or what process_tg_data returns); returns it loaded."""
+    from llmclone.training.trainer import train
+
+    out = Path(out or clone.config.output_dir or tempfile.mkdtemp(prefix="llmclone-clone-"))
+    with tempfile.TemporaryDirectory(prefix="llmclone-data-") as tmp:
+        data_dir = Path(dataset) if isinstance(dataset, str | Path) else _write_dataset(dataset, Path(tmp))
+        train(data_dir, out, clone.config.train_config(), force=True, **kwargs)
+    loaded = LLMClone.load(out)
+    clone.__dict__.update(loaded.__dict__)
+    return clone
+
+
+def _write_dataset(dataset: Any, tmp: Path) -> Path:
+    """A Dataset with a `messages` column, or a list of message lists, as a dataset directory."""
+    with open(tmp / "train.jsonl", "w", encoding="utf-8") as f:
+        for row in dataset:
+            messages = row if isinstance(row, list) else row["messages"]
+            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+    return tmp
