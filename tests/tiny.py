@@ -26,6 +26,7 @@ def build_tiny_model(path: Path, texts: list[str], seed: int = 0) -> Path:
     config = Gemma3TextConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, sliding_window=64,
+        initializer_range=0.3,  # big enough output embeddings (tied) for LoRA to move the predictions
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     model = Gemma3ForCausalLM(config)

@@ -1,0 +1,203 @@
+"""Training on a tiny random-weight model of the embedded architecture: masks, packing, loss, resume, QLoRA."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmclone.config import TrainConfig, load_config
+from llmclone.errors import UserError
+from llmclone.models.chat_format import ChatFormat
+from llmclone.training.trainer import Interrupted, train
+
+
+def tiny_config(model: Path, **kw: object) -> TrainConfig:
+    settings = {"model": str(model), "max_steps": 4, "eval_steps": 2, "save_steps": 2, "logging_steps": 1,
+                "batch_tokens": 512, "max_length": 256, "learning_rate": 5e-3, "max_eval_samples": 8} | kw
+    return TrainConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_transcript_mask_covers_exactly_the_owner_tokens(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    messages = [{"role": "user", "content": "как дела?"}, {"role": "assistant", "content": "норм))\nты как"},
+                {"role": "user", "content": "ok"}, {"role": "assistant", "content": "ахах"}]
+    ids, mask = ChatFormat().encode(tok, messages)
+    assert len(ids) == len(mask) and ids[0] == tok.bos_token_id
+    trained = tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    assert trained == "норм))\nты как<eos>ахах<eos>"
+    context = tok.decode([i for i, m in zip(ids, mask, strict=True) if not m], skip_special_tokens=True)
+    assert "как дела?" in context and "ok" in context and "норм" not in context
+    # the reply prompt is exactly the training prefix up to the clone's words
+    prompt = ChatFormat().prompt(tok, messages[:3])
+    assert ids[: len(prompt)] == prompt
+
+
+def test_template_mask(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = ("{% for m in messages %}<bos>{{ m['role'] }}\n{{ m['content'] }}<eos>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<bos>assistant\n{% endif %}")
+    fmt = ChatFormat.for_tokenizer(tok)
+    assert fmt.kind == "template"
+    ids, mask = fmt.encode(tok, [{"role": "assistant", "content": "first"}, {"role": "user", "content": "q"},
+                                 {"role": "assistant", "content": "a1"}, {"role": "assistant", "content": "a2"}])
+    trained = tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    assert trained == "first<eos>\na1\na2<eos>\n"
+
+
+def test_truncation_keeps_the_owner_turn(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    messages = [{"role": "user", "content": "long context " * 50}, {"role": "assistant", "content": "answer"}]
+    ids, mask = ChatFormat().encode(tok, messages, max_length=20)
+    assert len(ids) == 20 and tok.decode([i for i, m in zip(ids, mask, strict=True) if m]) == "answer<eos>"
+
+
+def test_packed_samples_do_not_attend_to_each_other(tiny_model: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    a, b = torch.randint(4, 300, (1, 37)), torch.randint(4, 300, (1, 23))
+    packed = torch.cat([a, b], dim=1)
+    positions = torch.cat([torch.arange(37), torch.arange(23)])[None]
+    with torch.no_grad():
+        # as in training: no cache, position ids restarting at each sample, no attention mask
+        together = model(input_ids=packed, position_ids=positions, use_cache=False).logits
+        alone_a = model(input_ids=a).logits
+        alone_b = model(input_ids=b).logits
+    torch.testing.assert_close(together[:, :37], alone_a, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(together[:, 37:], alone_b, atol=1e-5, rtol=1e-4)
+
+
+def test_loss_falls_and_clone_directory_is_complete(tiny_model: Path, example_dataset: Path, tmp_path: Path) -> None:
+    config = tiny_config(tiny_model, max_steps=30, eval_steps=10, learning_rate=3e-2, lora_r=16,
+                         target_modules="all-linear", lr_scheduler="constant")
+    manifest = train(example_dataset, tmp_path / "clone", config, quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "clone" / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in rows if "loss" in r]
+    eval_losses = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert min(train_losses[-5:]) < train_losses[0] - 0.3
+    assert eval_losses[-1] < eval_losses[0]
+    clone = tmp_path / "clone"
+    assert sorted(p.name for p in clone.iterdir()) == ["adapter", "clone.json", "loss.png", "metrics.jsonl"]
+    assert (clone / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for path in [clone, *clone.rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+    assert manifest["chat_format"]["kind"] == "transcript"
+    assert manifest["owner"]["name"] == "Lyosha Petrov"
+    assert manifest["training"]["lora_r"] == 16 and manifest["metrics"]["steps"] == 30
+    assert manifest["dataset"]["digest"] == json.loads((example_dataset / "stats.json").read_text())["dataset_digest"]
+    assert not (tmp_path / ".clone.partial").exists()
+
+
+def _adapter(clone: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(clone / "adapter" / "adapter_model.safetensors")
+
+
+def test_resume_equals_uninterrupted(tiny_model: Path, example_dataset: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tiny_config(tiny_model, max_steps=6, save_steps=100, lora_dropout=0.0)
+    train(example_dataset, tmp_path / "straight", config, quiet=True)
+
+    from llmclone.training import callbacks
+
+    original = callbacks.CtrlCStop.on_step_end
+
+    def press_ctrl_c_at_step_3(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+        if state.global_step == 3 and not self.session.interrupted:
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal, through the real handler
+        return original(self, args, state, control, **kw)
+
+    monkeypatch.setattr(callbacks.CtrlCStop, "on_step_end", press_ctrl_c_at_step_3)
+    with pytest.raises(Interrupted, match="--resume"):
+        train(example_dataset, tmp_path / "resumed", config, quiet=True)
+    assert not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(callbacks.CtrlCStop, "on_step_end", original)
+    with pytest.raises(UserError, match="other settings"):
+        train(example_dataset, tmp_path / "resumed", tiny_config(tiny_model, max_steps=6, lora_r=4), resume=True)
+    train(example_dataset, tmp_path / "resumed", config, resume=True, quiet=True)
+    straight, resumed = _adapter(tmp_path / "straight"), _adapter(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(straight[key], resumed[key], atol=1e-6, rtol=1e-5)
+
+
+def test_qlora_on_cpu(tiny_model: Path, example_dataset: Path, tmp_path: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    manifest = train(example_dataset, tmp_path / "q", tiny_config(tiny_model, quantize="4bit", max_steps=2,
+                                                                    target_modules="all-linear"), quiet=True)
+    assert manifest["training"]["quantize"] == "4bit" and manifest["metrics"]["train_loss"] > 0
+
+
+def test_config_file_flags_and_validation(tmp_path: Path) -> None:
+    path = tmp_path / "clone.toml"
+    path.write_text('[train]\nlora_r = 16\nlearning_rate = 1e-4\ntarget_modules = "all-linear"\n')
+    merged = load_config(path, {"lora_r": 32, "epochs": None})
+    assert merged.lora_r == 32 and merged.learning_rate == 1e-4 and merged.target_modules == "all-linear"
+    path.write_text("lora_rank = 8\n")
+    with pytest.raises(UserError, match="lora_rank: unknown setting"):
+        load_config(path, {})
+    path.write_text("lora_r = [\n")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_config(path, {})
+    for bad in ({"lora_dropout": 1.5}, {"max_length": 4096, "batch_tokens": 1024}, {"mix_ratio": 0.5}):
+        with pytest.raises(UserError):
+            load_config(None, bad)
+
+
+def test_mixing_general_data(tiny_model: Path, example_dataset: Path, tmp_path: Path) -> None:
+    from llmclone.training.data import training_samples
+
+    general = tmp_path / "general.jsonl"
+    general.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                          {"role": "assistant", "content": f"a{i}"}]})
+                                 for i in range(10)))
+    base_train, _ = training_samples(example_dataset, tiny_config(tiny_model))
+    mixed, _ = training_samples(example_dataset, tiny_config(tiny_model, mix_data=str(general), mix_ratio=0.5))
+    assert len(mixed) == len(base_train) + round(len(base_train) * 0.5)
+    assert mixed[-1][0]["content"].startswith("q")
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "wrong shape"])
+def test_bad_datasets(tiny_model: Path, tmp_path: Path, case: str) -> None:
+    data = tmp_path / "data"
+    if case != "missing":
+        data.mkdir()
+        (data / "train.jsonl").write_text("" if case == "empty" else '{"text": "hello"}\n')
+    with pytest.raises(UserError):
+        train(data, tmp_path / "clone", tiny_config(tiny_model))
+    assert not (tmp_path / "clone").exists()
+
+
+def test_bad_models(example_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="hub"):
+        train(example_dataset, tmp_path / "c", TrainConfig(model="nobody/no-such-model"))
+    from gguf import GGUFWriter
+
+    bert = tmp_path / "bert.gguf"
+    writer = GGUFWriter(str(bert), "bert")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    monkeypatch.setenv("LLMCLONE_HOME", str(tmp_path / "home"))
+    with pytest.raises(UserError, match="'bert' model"):
+        train(example_dataset, tmp_path / "c", TrainConfig(model=str(bert)))
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"not a gguf")
+    with pytest.raises(UserError, match="not a readable GGUF"):
+        train(example_dataset, tmp_path / "c", TrainConfig(model=str(garbage)))
+    assert not (tmp_path / "c").exists()
