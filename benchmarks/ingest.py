@@ -105,7 +105,8 @@ def main() -> None:
     if original:
         ratio = ours["total_s"] / original["parse_s"]
         print(f"our whole ingest / original parse-only: {ratio:.2f}x (target <= 0.5x)")
-        print(f"peak RSS (all processes): ours {ours['rss_mb']:.0f} MB vs original {original['rss_mb']:.0f} MB (target <= 300 MB)")
+        print(f"peak RSS (all processes): ours {ours['rss_mb']:.0f} MB vs original {original['rss_mb']:.0f} MB"
+              " (target <= 300 MB)")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class Writer:
                      "date_unixtime": str(int(when.timestamp())), "from": sender[0], "from_id": f"user{sender[1]}"}
         msg.update(extra)
         body = _media(text, msg)
-        msg["text"] = body if isinstance(body, str) else body
+        msg["text"] = body
         msg["text_entities"] = _entities(body)
         return msg
 
@@ -220,7 +220,8 @@ def _split_bursts(export: dict) -> None:
 if __name__ == "__main__":
     data = build()
     _split_bursts(data)
-    out = Path(__file__).with_name("telegram_export") / "result.json"
+    # The export ships inside the package (llmclone demo uses it); examples/telegram_export links to it.
+    out = Path(__file__).resolve().parent.parent / "src" / "llmclone" / "examples" / "telegram_export" / "result.json"
     out.parent.mkdir(exist_ok=True)
     # Telegram Desktop writes one-space indentation and raw UTF-8.
     out.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

@@ -78,4 +78,4 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, example_dataset: Path) 
 
     texts = [m["content"] for line in (example_dataset / "train.jsonl").read_text().splitlines()
              for m in json.loads(line)["messages"]]
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", texts + ["User: ", "Clone: "])
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", [*texts, "User: ", "Clone: "])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +35,7 @@ def test_merge_keeps_every_message_once_in_order(messages: list[Message], gap: i
         parts = [m for m in messages if m.id in t.ids]
         assert {m.sender for m in parts} == {t.sender}
         assert t.text == "\n".join(m.text for m in parts)
-    for a, b in zip(turns, turns[1:], strict=False):  # a new turn starts only on a new sender or a pause
+    for a, b in itertools.pairwise(turns):  # a new turn starts only on a new sender or a pause
         assert a.sender != b.sender or b.start - a.end > gap
 
 
@@ -41,9 +43,9 @@ def test_merge_keeps_every_message_once_in_order(messages: list[Message], gap: i
 def test_sessions_split_only_at_gaps(messages: list[Message], gap: int, session_gap: int) -> None:
     sessions = split_sessions(merge_turns(messages, gap), session_gap)
     for s in sessions:
-        for a, b in zip(s, s[1:], strict=False):
+        for a, b in itertools.pairwise(s):
             assert b.start - a.end <= session_gap
-    for a, b in zip(sessions, sessions[1:], strict=False):
+    for a, b in itertools.pairwise(sessions):
         assert b[0].start - a[-1].end > session_gap
 
 

@@ -73,7 +73,7 @@ def test_redact_file(tmp_path: Path) -> None:
 def test_bad_redact_file(tmp_path: Path) -> None:
     path = tmp_path / "redact.txt"
     path.write_text("re:(unclosed\n")
-    with pytest.raises(UserError, match="redact.txt:1"):
+    with pytest.raises(UserError, match=r"redact\.txt:1"):
         Scrubber.from_file(path)
     with pytest.raises(UserError, match="cannot read"):
         Scrubber.from_file(tmp_path / "missing.txt")

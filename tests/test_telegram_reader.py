@@ -30,7 +30,7 @@ def read_all(path: Path | str, streaming: bool = False) -> tuple[Export, list, T
 
 
 def test_full_export_owner_and_chats(small_export: Path) -> None:
-    export, chats, tally = read_all(small_export)
+    export, chats, _tally = read_all(small_export)
     assert export.owner_id == f"user{OWNER}"
     assert export.owner_name == "Owner Person"
     assert [c.id for c in chats] == [7, 8, 9, 50]
@@ -152,7 +152,7 @@ def test_folder_and_zip_and_single_chat(tmp_path: Path, small_export: Path) -> N
 def test_fast_path_survives_tricky_bytes(tmp_path: Path) -> None:
     """Names with braces and message texts that spell out a chat header do not split chats."""
     fake = '{"name": "x", "type": "personal_chat", "id": 1, "messages": ['
-    chats = [chat(7, dialogue(7, 3) + [msg(9, 1_700_000_900, OWNER, fake)], name='Bob {work} "quoted"'),
+    chats = [chat(7, [*dialogue(7, 3), msg(9, 1700000900, OWNER, fake)], name='Bob {work} "quoted"'),
              chat(8, dialogue(8, 3))]
     data = full_export(chats)
     pretty = read_all(write(tmp_path / "a.json", data))[1]

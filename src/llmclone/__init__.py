@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:
-    from llmclone.api import process_tg_data
+# The public API (the original library's names), imported lazily: `llmclone --help` should not pay for torch.
+_EXPORTS = {
+    "process_tg_data": "llmclone.api",
+    "CloneConfig": "llmclone.clone",
+    "LLMClone": "llmclone.clone",
+    "train_clone": "llmclone.clone",
+    "UserError": "llmclone.errors",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The public API is imported lazily: `llmclone --help` should not pay for torch.
-    if name == "process_tg_data":
-        from llmclone.api import process_tg_data
-
-        return process_tg_data
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(name)
 
 
-__all__ = ["process_tg_data"]
+__all__ = list(_EXPORTS)

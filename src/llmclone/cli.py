@@ -115,6 +115,19 @@ def train(
                    f"eval loss {m['eval_loss']}")
 
 
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to put the demo's dataset and clone.")] = Path("llmclone-demo"),
+    model: Annotated[str, typer.Option(help="Base model (default: the embedded one, offline).")] = "embedded",
+    steps: Annotated[int | None, typer.Option(help="Training steps (default 24: a few minutes on a laptop CPU).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """The whole pipeline on the bundled example export: ingest, train a clone, compare its replies with the base model's."""
+    from llmclone.demo import run_demo
+
+    run_demo(out, model=model, steps=steps, quiet=quiet)
+
+
 def settings_toml(settings: dict) -> str:
     lines = ["[train]"]
     for key, value in settings.items():

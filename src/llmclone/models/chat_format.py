@@ -1,7 +1,7 @@
 """How a conversation becomes tokens: one definition for training samples and for reply prompts.
 
 - `transcript` (base models, the original article's format):
-      <bos>User: how are you?\\nClone: fine))<eos>\\nUser: ...\\nClone: 
+      <bos>User: how are you?\\nClone: fine))<eos>\\nUser: ...\\nClone:
   The clone's turn is its text plus the end-of-sequence token; everything else is context.
 - `template` (instruct models): the tokenizer's own chat template, the owner as `assistant`.
 

@@ -79,7 +79,7 @@ def training_samples(dataset_dir: Path, config: TrainConfig) -> tuple[list, list
         if not path.is_file():
             raise UserError(f"mix_data {path} does not exist; give a JSONL file of conversations.")
         general = read_samples(path)
-        wanted = int(round(len(train) * config.mix_ratio))
+        wanted = round(len(train) * config.mix_ratio)
         rng = random.Random(config.seed)
         train = train + [general[rng.randrange(len(general))] for _ in range(wanted)] if general else train
     return train, evaluation

@@ -71,7 +71,8 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
             trainer.train(resume_from_checkpoint=_latest_checkpoint(work) if resume else None)
         except RuntimeError as err:
             if "out of memory" in str(err).lower() or "can't allocate memory" in str(err).lower():
-                raise UserError(f"ran out of memory; lower batch_tokens (now {cpu_or_gpu_batch_tokens(config.batch_tokens)}) or max_length "
+                tokens = cpu_or_gpu_batch_tokens(config.batch_tokens)
+                raise UserError(f"ran out of memory; lower batch_tokens (now {tokens}) or max_length "
                                 f"(now {config.max_length}), or use --quantize 4bit.") from None
             raise
     if session.interrupted:  # CtrlCStop had the trainer save a checkpoint at the end of that step
@@ -105,7 +106,10 @@ class _Session:
         self._trainer: Any = None
 
     def trainer(self, train_samples: list, eval_samples: list) -> Any:
+        import datasets
         import torch
+
+        datasets.disable_progress_bars()  # tokenizing and packing take a second; the training bar is ours
         from peft import LoraConfig
         from transformers import PrinterCallback
         from trl import SFTConfig

@@ -1,0 +1,159 @@
+"""CPU training throughput: `llmclone train` against the original article's recipe, same run, same data.
+
+    python benchmarks/train_cpu.py [--tokens 6000]
+
+Data: the most prolific sender of chitchat-dataset (real texting) as a Telegram export, through our ingest.
+Model: the embedded Gemma 3 270M. Both variants see about `--tokens` real (non-padding) tokens:
+- original: HF `Trainer` + `DataCollatorForLanguageModeling` (padding), max_length 256, batch 4 x gradient
+  accumulation 4, LoRA r8/alpha 32 on q/k/v/o, gradient checkpointing, loss on every token (all speakers);
+- ours: `llmclone train` defaults (packed without padding, loss and logits on the owner's tokens only).
+Reported: real tokens/s, peak RSS (each variant in its own process) and the owner-token loss on held-out
+eval samples after training, computed the same way for both. Target: >= 3x tokens/s, eval loss no worse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / ".work" / "chitchat_owner"
+EVAL_SAMPLES = 40
+
+
+def dataset() -> Path:
+    sys.path.insert(0, str(HERE))
+    from chitchat_export import write_export
+
+    from llmclone.dataset.ingest import ingest
+
+    data = WORK / "dataset"
+    if not (data / "stats.json").exists():
+        write_export(WORK / "result.json")
+        ingest([WORK / "result.json"], data, force=True, progress=False)
+    return data
+
+
+def eval_loss(model, tokenizer, chat_format, samples) -> float:  # type: ignore[no-untyped-def]
+    """Mean cross-entropy of the owner's tokens in held-out samples."""
+    import torch
+    import torch.nn.functional as F
+
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for messages in samples:
+            ids, mask = chat_format.encode(tokenizer, messages, 256)
+            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, :-1].float()
+            target = torch.tensor(ids[1:])
+            keep = torch.tensor(mask[1:]).bool()
+            total += F.cross_entropy(logits[keep], target[keep], reduction="sum").item()
+            count += int(keep.sum())
+    return total / max(count, 1)
+
+
+def run_ours(data: Path, tokens: int) -> dict:
+    from llmclone.config import TrainConfig
+    from llmclone.models.base_models import resolve
+    from llmclone.training.data import read_samples, training_samples
+    from llmclone.training.trainer import _Session
+
+    config = TrainConfig(max_steps=max(1, tokens // 1024), batch_tokens=1024, eval_steps=10**6, save_steps=10**6,
+                         logging_steps=1)
+    work = WORK / "ours"
+    work.mkdir(parents=True, exist_ok=True)
+    session = _Session(resolve("embedded"), config, work, quiet=True)
+    train, _ = training_samples(data, config)
+    trainer = session.trainer(train, [])
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    real = trainer._total_train_tokens
+    evaluation = read_samples(data / "eval.jsonl")[:EVAL_SAMPLES]
+    loss = eval_loss(trainer.model, session.tokenizer, session.chat_format, evaluation)
+    return {"tokens": real, "seconds": seconds, "eval_loss": loss}
+
+
+def run_original(data: Path, tokens: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from llmclone.models.base_models import resolve
+    from llmclone.models.chat_format import ChatFormat
+    from llmclone.training.data import read_samples
+
+    base = resolve("embedded")
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    fmt = ChatFormat()
+    texts = []
+    for messages in read_samples(data / "train.jsonl"):
+        ids, _ = fmt.encode(tokenizer, messages)
+        texts.append(ids[:256])  # max_length=256, truncating the end as the original did
+    ds = Dataset.from_dict({"input_ids": texts})
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    model.gradient_checkpointing_enable()
+    model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    seen = {"real": 0}
+
+    def counting(features):  # type: ignore[no-untyped-def]
+        batch = collator(features)
+        seen["real"] += int(batch["attention_mask"].sum())
+        return batch
+
+    per_step = 16 * sum(len(t) for t in texts[:200]) / 200  # 4 x 4 samples of average length
+    args = TrainingArguments(output_dir=str(WORK / "original"), per_device_train_batch_size=4,
+                             gradient_accumulation_steps=4, learning_rate=2e-4, max_steps=max(1, round(tokens / per_step)),
+                             logging_steps=1, save_strategy="no", report_to="none", seed=42, disable_tqdm=True,
+                             dataloader_pin_memory=False)
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=counting)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    evaluation = read_samples(data / "eval.jsonl")[:EVAL_SAMPLES]
+    return {"tokens": seen["real"], "seconds": seconds, "eval_loss": eval_loss(model, tokenizer, fmt, evaluation)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=6000)
+    parser.add_argument("--variant", choices=["ours", "original"])
+    args = parser.parse_args()
+    data = dataset()
+    if args.variant:
+        result = (run_ours if args.variant == "ours" else run_original)(data, args.tokens)
+        result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    results = {}
+    for variant in ("original", "ours"):
+        out = subprocess.run([sys.executable, __file__, "--variant", variant, "--tokens", str(args.tokens)],
+                             capture_output=True, text=True, check=True)
+        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"\n{'variant':<10} {'real tokens':>12} {'seconds':>8} {'tokens/s':>9} {'peak RSS MB':>12} {'eval loss':>10}")
+    for name, r in results.items():
+        print(f"{name:<10} {r['tokens']:>12} {r['seconds']:>8.1f} {r['tokens'] / r['seconds']:>9.1f} "
+              f"{r['rss_mb']:>12.0f} {r['eval_loss']:>10.3f}")
+    speed = (results["ours"]["tokens"] / results["ours"]["seconds"]) / (
+        results["original"]["tokens"] / results["original"]["seconds"])
+    print(f"\nthroughput ratio ours/original: {speed:.2f}x (target >= 3x); eval loss (owner tokens, held out): "
+          f"ours {results['ours']['eval_loss']:.3f} vs original {results['original']['eval_loss']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

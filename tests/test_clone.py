@@ -1,0 +1,102 @@
+"""A trained tiny clone: loading, replies, the original library's API, and the train CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE
+
+from llmclone import CloneConfig, LLMClone, UserError, process_tg_data, train_clone
+from llmclone.config import TrainConfig
+from llmclone.training.trainer import train
+
+
+@pytest.fixture(scope="module")
+def tiny_clone(tiny_model: Path, example_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("clone") / "clone"
+    config = TrainConfig(model=str(tiny_model), max_steps=3, batch_tokens=512, max_length=256, eval_steps=100,
+                         max_eval_samples=4)
+    train(example_dataset, out, config, quiet=True)
+    return out
+
+
+def test_load_and_reply(tiny_clone: Path) -> None:
+    clone = LLMClone.load(tiny_clone)
+    history = [{"role": "user", "content": "привет! как дела?"}]
+    messages = clone.reply(history, temperature=0, max_new_tokens=30)
+    assert isinstance(messages, list) and all(isinstance(m, str) and m for m in messages)
+    for m in messages:
+        assert not m.startswith(("User:", "Clone:"))
+    base = clone.reply(history, base=True, temperature=0, max_new_tokens=30)
+    assert isinstance(base, list)
+    assert isinstance(clone.sample("hi"), str)
+
+
+def test_manifest_round_trip_and_copy(tiny_clone: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copied-clone"
+    shutil.copytree(tiny_clone, copy)
+    clone = LLMClone.load(copy)
+    assert clone.manifest == json.loads((tiny_clone / "clone.json").read_text())
+    assert clone.chat_format.kind == "transcript"
+    clone.save(tmp_path / "saved")
+    assert (tmp_path / "saved" / "adapter" / "adapter_config.json").is_file()
+    other = LLMClone(CloneConfig(model_name=clone.manifest["base_model"]["spec"]))
+    other.add_adapters(copy)
+    assert other.reply([{"role": "user", "content": "ok"}], temperature=0, max_new_tokens=5) is not None
+
+
+@pytest.mark.parametrize("case", ["missing", "no manifest", "corrupt", "newer"])
+def test_bad_clone_directories(tiny_clone: Path, tmp_path: Path, case: str) -> None:
+    import shutil
+
+    target = tmp_path / "clone"
+    if case != "missing":
+        shutil.copytree(tiny_clone, target)
+        manifest = target / "clone.json"
+        if case == "no manifest":
+            manifest.unlink()
+        elif case == "corrupt":
+            manifest.write_text("{not json")
+        else:
+            data = json.loads(manifest.read_text())
+            manifest.write_text(json.dumps(data | {"format_version": 99}))
+    with pytest.raises(UserError):
+        LLMClone.load(target)
+
+
+def test_original_api(tiny_model: Path, tmp_path: Path) -> None:
+    dataset = process_tg_data(EXAMPLE)
+    clone = LLMClone(CloneConfig(model_name=str(tiny_model), settings={"max_steps": 2, "batch_tokens": 512,
+                                                                       "max_length": 256}))
+    train_clone(clone, dataset, out=tmp_path / "api-clone", quiet=True)
+    assert (tmp_path / "api-clone" / "clone.json").is_file()
+    assert isinstance(clone.sample("привет"), str)
+
+
+def test_train_cli_end_to_end(tiny_model: Path, example_dataset: Path, tmp_path: Path) -> None:
+    def llmclone(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "llmclone", *args], capture_output=True, text=True, timeout=600)
+
+    config = tmp_path / "clone.toml"
+    config.write_text(f'[train]\nmodel = "{tiny_model}"\nmax_steps = 2\nbatch_tokens = 512\nmax_length = 256\n')
+    printed = llmclone("train", str(example_dataset), "--out", str(tmp_path / "c"), "--config", str(config),
+                       "--lora-r", "4", "--print-config")
+    assert printed.returncode == 0 and "lora_r = 4" in printed.stdout and "max_steps = 2" in printed.stdout
+    done = llmclone("train", str(example_dataset), "--out", str(tmp_path / "c"), "--config", str(config), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "c" / "clone.json").read_text())["metrics"]["steps"] == 2
+    again = llmclone("train", str(example_dataset), "--out", str(tmp_path / "c"), "--config", str(config))
+    assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
+    missing = llmclone("train", str(tmp_path / "nope"), "--out", str(tmp_path / "d"))
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ")
+    bad_key = tmp_path / "bad.toml"
+    bad_key.write_text("rank = 8\n")
+    wrong = llmclone("train", str(example_dataset), "--out", str(tmp_path / "d"), "--config", str(bad_key))
+    assert wrong.returncode == 2 and "rank: unknown setting" in wrong.stderr
+    assert not (tmp_path / "d").exists()
