@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ class LLMClone:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
         self._tokenizer = AutoTokenizer.from_pretrained(base.path)
         model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
         if adapter is not None:

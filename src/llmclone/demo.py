@@ -14,9 +14,9 @@ from pathlib import Path
 from llmclone.config import TrainConfig
 
 # Short and hot: the example owner's habits are strong, and the point is to see them appear quickly.
-DEMO_SETTINGS = {"max_steps": 24, "learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32,
-                 "target_modules": "all-linear", "eval_steps": 8, "save_steps": 1000, "logging_steps": 2,
-                 "warmup_ratio": 0.05, "max_length": 384, "batch_tokens": 1024}
+DEMO_SETTINGS = {"max_steps": 16, "learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32, "eval_steps": 8,
+                 "save_steps": 1000, "logging_steps": 2, "warmup_ratio": 0.05, "max_length": 256, "batch_tokens": 1024,
+                 "max_eval_samples": 24}
 FIXED_PROMPTS = ["привет! как дела?", "пойдём в кино вечером?", "Hi! Could you review my pull request?"]
 
 
@@ -52,7 +52,7 @@ def run_demo(out: Path, model: str = "embedded", steps: int | None = None, quiet
         print(f"\n  > {prompt}\n    clone: {' / '.join(clone_reply) or '(nothing)'}\n"
               f"    base:  {' / '.join(base_reply) or '(nothing)'}")
     (out / "demo.json").write_text(json.dumps(rows, ensure_ascii=False, indent=2), encoding="utf-8")
-    print(f"\nclone directory: {clone_dir}  (chat with it: llmclone chat {clone_dir})")
+    print(f"\nclone directory: {clone_dir}  (in Python: LLMClone.load('{clone_dir}').reply(history))")
     return rows
 
 

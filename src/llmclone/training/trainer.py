@@ -18,6 +18,7 @@ import json
 import shutil
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,8 @@ class _Session:
         import torch
 
         datasets.disable_progress_bars()  # tokenizing and packing take a second; the training bar is ours
+        # transformers 5 renames gradient_checkpointing; TRL still passes the old name. Nothing for users to act on.
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
         from peft import LoraConfig
         from transformers import PrinterCallback
         from trl import SFTConfig
