@@ -201,3 +201,16 @@ def test_bad_models(example_dataset: Path, tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(UserError, match="not a readable GGUF"):
         train(example_dataset, tmp_path / "c", TrainConfig(model=str(garbage)))
     assert not (tmp_path / "c").exists()
+
+
+def test_out_of_memory_names_the_setting_to_lower(tiny_model: Path, example_dataset: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import Trainer
+
+    def oom(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(Trainer, "train", oom)
+    with pytest.raises(UserError, match="lower batch_tokens \\(now 512\\)"):
+        train(example_dataset, tmp_path / "clone", tiny_config(tiny_model))
+    assert not (tmp_path / "clone").exists()

@@ -14,7 +14,7 @@ from llmclone.errors import UserError
 app = typer.Typer(
     name="llmclone",
     help="Turn your chat history into a language model that writes like you.\n\n"
-    "Pipeline: ingest (export → dataset) → train (dataset → clone) → chat / reply / serve / telegram / eval.",
+    "Pipeline: ingest (export → dataset) → train (dataset → clone). `llmclone demo` runs both on the bundled example.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -109,6 +109,8 @@ def train(
     except Interrupted as stop:
         typer.echo(str(stop), err=True)
         raise SystemExit(130) from None
+    if not manifest:  # a DDP worker: the main process reports
+        return
     m = manifest["metrics"]
     if not quiet:
         typer.echo(f"clone written to {out}: {m['steps']} steps in {m['seconds']:.0f} s, train loss {m['train_loss']}, "

@@ -21,6 +21,8 @@ class ProgressBar(TrainerCallback):
         self.postfix: dict[str, str] = {}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:  # one bar, not one per GPU
+            return
         self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step",
                         dynamic_ncols=True)
         self.last_time = time.time()

@@ -81,6 +81,8 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
                           f"Continue with: llmclone train {dataset_dir} --out {out} --resume")
     final_eval = trainer.evaluate() if eval_samples else {}
     seconds = time.time() - started
+    if not trainer.is_world_process_zero():  # under DDP, one process writes the clone
+        return {}
 
     with atomic_dir(out, force=True, what="clone") as tmp:
         trainer.model.save_pretrained(str(tmp / "adapter"))
@@ -279,7 +281,8 @@ def plot_losses(metrics: Path, out: Path) -> None:
     ax.set_ylabel("cross-entropy")
     ax.set_title("LLMClone training")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or evals:
+        ax.legend()
     fig.tight_layout()
     with private_umask():
         fig.savefig(out)
