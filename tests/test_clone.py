@@ -100,3 +100,12 @@ def test_train_cli_end_to_end(tiny_model: Path, example_dataset: Path, tmp_path:
     wrong = llmclone("train", str(example_dataset), "--out", str(tmp_path / "d"), "--config", str(bad_key))
     assert wrong.returncode == 2 and "rank: unknown setting" in wrong.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_demo_runs_the_whole_pipeline(tiny_model: Path, tmp_path: Path) -> None:
+    from llmclone.demo import run_demo
+
+    rows = run_demo(tmp_path / "demo", model=str(tiny_model), steps=2, quiet=True)
+    assert len(rows) >= 3 and all(set(r) == {"prompt", "clone", "base"} for r in rows)
+    assert (tmp_path / "demo" / "clone" / "clone.json").is_file()
+    assert json.loads((tmp_path / "demo" / "demo.json").read_text()) == rows

@@ -32,7 +32,6 @@ class Turn:
     text: str = ""
     ids: list[int] = field(default_factory=list)
     replies: list[int] = field(default_factory=list)
-    encoded: bytes | None = None  # its JSON message, cached: a turn appears in many windows
     tokens: int = 0  # estimate, filled by windows()
 
     @property
@@ -70,6 +69,7 @@ def split_sessions(turns: Sequence[Turn], session_gap: int) -> list[list[Turn]]:
 class Window:
     turns: list[Turn]  # the window, in order, ending with the owner's turn
     quoted: list[Message]  # messages answered inside the window but outside it, oldest first
+    first: int = 0  # index of turns[0] in the session
 
     @property
     def target(self) -> Turn:
@@ -109,7 +109,7 @@ def windows(
             j -= 1
             used += costs[j]
         quoted = _quoted(session[j : i + 1], i - j, by_id, budget - used, cost) if with_context else []
-        yield Window(list(session[j : i + 1]), quoted)
+        yield Window(list(session[j : i + 1]), quoted, j)
 
 
 def _quoted(window: Sequence[Turn], last: int, by_id: dict[int, Message] | None, room: int,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import Counter
+from itertools import accumulate
 from typing import BinaryIO
 
 import orjson
@@ -74,24 +75,28 @@ class SampleMaker:
         key = hashlib.blake2b(f"{chat.source}:{chat.kind}:{chat.id}".encode(), digest_size=6).hexdigest()
         tail = b'],"chat":"%s","start":' % key.encode()
         for session in sessions:
+            encoded: list[bytes] | None = None  # each turn's JSON message: a turn is context in many samples
+            prefix: list[int] = []  # running token estimates, for each window's total
             for window in windows(session, options.max_context, self.cost, by_id, with_context):
+                if encoded is None:
+                    encoded = [_encoded(t.text, t.is_owner) for t in session]
+                    prefix = list(accumulate((t.tokens for t in session), initial=0))
                 counts["owner_turns"] += 1
-                parts = [_encoded(q.text, q.is_owner) for q in window.quoted]
-                for turn in window.turns:
-                    if turn.encoded is None:
-                        turn.encoded = _encoded(turn.text, turn.is_owner)
-                    parts.append(turn.encoded)
+                end = window.first + len(window.turns)
+                parts = encoded[window.first : end]
+                tokens = prefix[end] - prefix[window.first]
+                if window.quoted:
+                    parts = [_encoded(q.text, q.is_owner) for q in window.quoted] + parts
+                    tokens += sum(estimate_tokens(q.text) for q in window.quoted)
                 if options.drop_redacted and any(_REDACTED in p for p in parts):
                     counts["samples_dropped_redacted"] += 1
                     continue
-                # The bytes orjson.dumps({"messages": [...], "chat": key, "start": start}) would write,
-                # built from each turn's cached encoding: a turn is context in many samples.
+                # The bytes orjson.dumps({"messages": [...], "chat": key, "start": start}) would write.
                 line = b'{"messages":[%s%s%d}\n' % (b",".join(parts), tail, window.start)
                 spill.write(line)
                 self.owner_times.append(window.target.start)
                 self.lengths.append(len(line))
-                self.tokens.append(sum(t.tokens for t in window.turns)
-                                   + sum(estimate_tokens(q.text) for q in window.quoted))
+                self.tokens.append(tokens)
                 self.digests += xxh3_128_digest(line)
 
     def merge(self, other: SampleMaker) -> None:

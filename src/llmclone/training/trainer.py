@@ -155,6 +155,7 @@ class _Session:
             gradient_checkpointing=bool(checkpointing),
             gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
             eval_strategy="steps" if eval_set is not None else "no",
+            eval_on_start=eval_set is not None,  # the base model's loss: where the curve starts
             eval_steps=config.eval_steps,
             save_strategy="steps",
             save_steps=config.save_steps,
