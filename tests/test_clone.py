@@ -109,3 +109,54 @@ def test_demo_runs_the_whole_pipeline(tiny_model: Path, tmp_path: Path) -> None:
     assert len(rows) >= 3 and all(set(r) == {"prompt", "clone", "base"} for r in rows)
     assert (tmp_path / "demo" / "clone" / "clone.json").is_file()
     assert json.loads((tmp_path / "demo" / "demo.json").read_text()) == rows
+
+
+def test_reply_and_chat_commands(tiny_clone: Path) -> None:
+    def llmclone(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "llmclone", *args], capture_output=True, text=True, timeout=600,
+                              input=stdin)
+
+    as_json = llmclone("reply", str(tiny_clone), "привет", "--json", "--temperature", "0", "--max-new-tokens", "12")
+    assert as_json.returncode == 0, as_json.stderr
+    assert isinstance(json.loads(as_json.stdout)["messages"], list)
+    from_stdin = llmclone("reply", str(tiny_clone), "--max-new-tokens", "8", stdin="как дела?\n")
+    assert from_stdin.returncode == 0
+    empty = llmclone("reply", str(tiny_clone), stdin="")
+    assert empty.returncode == 2 and "no message" in empty.stderr
+    session = llmclone("chat", str(tiny_clone), "--temperature", "0", "--max-new-tokens", "8",
+                       stdin="привет\nдва \\\nстроки\n/regen\n/reset\n/regen\n/nope\n/exit\n")
+    assert session.returncode == 0, session.stderr
+    out = session.stdout
+    assert out.startswith("Talking to lyosha.")
+    assert "(conversation forgotten)" in out and "(nothing to regenerate yet)" in out and "(unknown command" in out
+    assert out.count("you> ") == 7 and "...  " in out
+
+
+def test_chat_history_and_streaming(tiny_clone: Path) -> None:
+    import io
+
+    from llmclone.terminal import chat_loop
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.histories: list[list[dict[str, str]]] = []
+
+        def reply(self, history, on_message=None, **kw):  # type: ignore[no-untyped-def]
+            self.histories.append([dict(m) for m in history])
+            for m in ("one", "two"):
+                on_message(m)
+            return ["one", "two"]
+
+    fake = Recorder()
+    out = io.StringIO()
+    chat_loop(fake, io.StringIO("hi\nmore\n/regen\n"), out, name="x")
+    assert fake.histories[1] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "one\ntwo"},
+                                 {"role": "user", "content": "more"}]
+    assert fake.histories[2] == fake.histories[1]  # regen drops the last reply and asks again
+    assert out.getvalue().count("x> one\nx> two\n") == 3
+    # the real clone hands messages over as they are generated, and they are what it returns
+    clone = LLMClone.load(tiny_clone)
+    seen: list[str] = []
+    returned = clone.reply([{"role": "user", "content": "привет"}], on_message=seen.append, temperature=0,
+                           max_new_tokens=20)
+    assert seen == returned

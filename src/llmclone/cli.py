@@ -14,7 +14,8 @@ from llmclone.errors import UserError
 app = typer.Typer(
     name="llmclone",
     help="Turn your chat history into a language model that writes like you.\n\n"
-    "Pipeline: ingest (export → dataset) → train (dataset → clone). `llmclone demo` runs both on the bundled example.",
+    "Pipeline: ingest (export → dataset) → train (dataset → clone) → chat / reply. `llmclone demo` runs it all on the "
+    "bundled example.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -128,6 +129,43 @@ def demo(
     from llmclone.demo import run_demo
 
     run_demo(out, model=model, steps=steps, quiet=quiet)
+
+
+def _sampling(temperature: float | None, max_new_tokens: int | None) -> dict:
+    return {k: v for k, v in {"temperature": temperature, "max_new_tokens": max_new_tokens}.items() if v is not None}
+
+
+@app.command()
+def reply(
+    clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
+    text: Annotated[str | None, typer.Argument(help="The message to answer (default: read from stdin).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {\"messages\": [...]} for scripts.")] = False,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0 = greedy).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Longest reply, in tokens.")] = None,
+) -> None:
+    """The clone's answer to one message: one line per message it would send."""
+    from llmclone.clone import LLMClone
+    from llmclone.terminal import reply_once
+
+    message = text if text is not None else sys.stdin.read().strip()
+    if not message:
+        raise UserError("no message to answer; give it as an argument or on stdin.")
+    reply_once(LLMClone.load(clone), message, as_json, sys.stdout, **_sampling(temperature, max_new_tokens))
+
+
+@app.command()
+def chat(
+    clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0 = greedy).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Longest reply, in tokens.")] = None,
+) -> None:
+    """Talk with your clone in the terminal (/reset, /regen, /exit; end a line with \\ to continue it)."""
+    from llmclone.clone import LLMClone
+    from llmclone.terminal import chat_loop
+
+    loaded = LLMClone.load(clone)
+    name = ((loaded.manifest or {}).get("owner") or {}).get("name") or "clone"
+    chat_loop(loaded, sys.stdin, sys.stdout, name=name.split()[0].lower(), **_sampling(temperature, max_new_tokens))
 
 
 def settings_toml(settings: dict) -> str:

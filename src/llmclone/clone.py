@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,16 +95,30 @@ class LLMClone:
 
     # -- replying --------------------------------------------------------------------------------------
     def reply(self, history: list[dict[str, Any]], keep_media_tags: bool = False, base: bool = False,
-              **sampling: Any) -> list[str]:
+              on_message: Callable[[str], None] | None = None, **sampling: Any) -> list[str]:
         """The owner's next messages after `history` ([{"role": "user"|"assistant", "content": ...}, ...]).
 
-        `base=True` answers with the base model (the adapter switched off), for comparison.
+        The merged turn is split back into messages, one per line. `on_message` receives each message as
+        soon as it is complete, while the rest is still being generated. `base=True` answers with the base
+        model (the adapter switched off), for comparison.
         """
-        text = self.generate(history, base=base, **sampling)
-        messages = [placeholders.render_outgoing(line, keep_media_tags) for line in text.split("\n")]
-        return [m for m in messages if m]
+        def render(line: str) -> str:
+            return placeholders.render_outgoing(line, keep_media_tags)
 
-    def generate(self, history: list[dict[str, Any]], base: bool = False, **sampling: Any) -> str:
+        streamer = None
+        if on_message is not None:
+            def emit(line: str) -> None:
+                if render(line):
+                    on_message(render(line))
+
+            streamer = _LineStreamer(self._tokenizer, emit, self.chat_format.stop_strings())
+        text = self.generate(history, base=base, streamer=streamer, **sampling)
+        if streamer is not None:
+            streamer.flush()
+        return [m for m in map(render, text.split("\n")) if m]
+
+    def generate(self, history: list[dict[str, Any]], base: bool = False, streamer: Any = None,
+                 **sampling: Any) -> str:
         import contextlib
 
         import torch
@@ -125,7 +140,7 @@ class LLMClone:
                 temperature=params["temperature"] if do_sample else None, top_p=params["top_p"] if do_sample else None,
                 repetition_penalty=params["repetition_penalty"], max_new_tokens=params["max_new_tokens"],
                 eos_token_id=fmt.stop_ids(tok), pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                stop_strings=fmt.stop_strings() or None, tokenizer=tok,
+                stop_strings=fmt.stop_strings() or None, tokenizer=tok, streamer=streamer,
             )
         text = tok.decode(out[0, len(ids[-CONTEXT_TOKENS:]):], skip_special_tokens=True)
         for stop in fmt.stop_strings():  # never write the other person's lines
@@ -135,6 +150,41 @@ class LLMClone:
     def sample(self, prompt: str, **sampling: Any) -> str:
         """The original library's call: the clone's answer to one message, as text."""
         return "\n".join(self.reply([{"role": "user", "content": prompt}], **sampling))
+
+
+class _LineStreamer:
+    """Receives generated tokens; hands on each completed line, and nothing from a stop string on."""
+
+    def __init__(self, tokenizer: Any, emit: Callable[[str], None], stops: list[str]) -> None:
+        self.tokenizer, self.emit = tokenizer, emit
+        self.labels = tuple(stop.lstrip("\n") for stop in stops)
+        self.ids: list[int] = []
+        self.done_lines = 0
+        self.prompt_seen = False
+        self.stopped = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompt
+            self.prompt_seen = True
+            return
+        self.ids += value.flatten().tolist()
+        lines = self.tokenizer.decode(self.ids, skip_special_tokens=True).split("\n")
+        self._emit(lines[:-1])
+
+    def end(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        lines = self.tokenizer.decode(self.ids, skip_special_tokens=True).split("\n")
+        self._emit(lines)
+
+    def _emit(self, complete: list[str]) -> None:
+        for line in complete[self.done_lines:]:
+            self.done_lines += 1
+            if self.stopped or (self.labels and line.startswith(self.labels)):
+                self.stopped = True
+                return
+            self.emit(line.strip())
 
 
 def _base_for(manifest: dict[str, Any]) -> BaseModel:
