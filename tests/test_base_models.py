@@ -16,7 +16,7 @@ def test_local_checkpoint_and_unknown(tiny_model: Path, tmp_path: Path) -> None:
     assert base.kind == "local" and base.path == str(tiny_model.resolve()) and base.checksum
     assert resolve(str(tiny_model)).checksum == base.checksum
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no config.json"):
+    with pytest.raises(UserError, match=r"no config\.json"):
         resolve(str(tmp_path / "empty"))
     with pytest.raises(UserError, match="not found"):
         resolve("no-such-thing")

@@ -14,7 +14,7 @@ from llmclone.errors import UserError
 app = typer.Typer(
     name="llmclone",
     help="Turn your chat history into a language model that writes like you.\n\n"
-    "Pipeline: ingest (export → dataset) → train (dataset → clone) → chat / reply. `llmclone demo` runs it all on the "
+    "Pipeline: ingest (export → dataset) → train (dataset → clone) → chat / reply / serve. `llmclone demo` runs it all on the "
     "bundled example.",
     no_args_is_help=True,
     add_completion=False,
@@ -166,6 +166,20 @@ def chat(
     loaded = LLMClone.load(clone)
     name = ((loaded.manifest or {}).get("owner") or {}).get("name") or "clone"
     chat_loop(loaded, sys.stdin, sys.stdout, name=name.split()[0].lower(), **_sampling(temperature, max_new_tokens))
+
+
+@app.command()
+def serve(
+    clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to listen on; keep 127.0.0.1 unless others must reach it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(envvar="LLMCLONE_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY'.")] = None,
+) -> None:
+    """Serve the clone over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
+    from llmclone.serving.openai_api import serve as run_server
+
+    typer.echo(f"serving {clone} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
+    run_server(str(clone), host=host, port=port, api_key=api_key)
 
 
 def settings_toml(settings: dict) -> str:

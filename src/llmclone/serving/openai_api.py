@@ -1,0 +1,169 @@
+"""`llmclone serve`: the clone behind an OpenAI-compatible HTTP API (FastAPI + uvicorn).
+
+- `POST /v1/chat/completions` (JSON, or server-sent events with `"stream": true`), `GET /v1/models`,
+  `GET /health`. The clone's messages come back as one assistant message, one line per message;
+  when streaming, each message is sent as soon as it is complete.
+- Requests are queued onto the one model (a lock), generation runs off the event loop.
+- Errors use OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text or "" for part in self.content if part.type == "text")
+        return self.content or ""
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI clients send many optional fields
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = None
+    stream: bool = False
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(None, ge=1, le=4096)
+    n: int = Field(1, ge=1, le=1)
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "param": None,
+                                                               "code": code}})
+
+
+def create_app(clone: Any, model_id: str = "clone", api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="LLMClone", version="1", docs_url=None, redoc_url=None)
+    lock = threading.Lock()  # one generation at a time on the one model; others wait their turn
+    created = int(time.time())
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Any:
+        denied = request.headers.get("authorization", "") != f"Bearer {api_key}"
+        if api_key and request.url.path.startswith("/v1/") and denied:
+            return _error(401, "Invalid or missing API key (Authorization: Bearer ...).", "authentication_error",
+                          "invalid_api_key")
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "model": model_id}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": created,
+                                            "owned_by": "llmclone"}]}
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: ChatRequest) -> Any:
+        history = [{"role": m.role, "content": m.text()} for m in body.messages if m.role in ("user", "assistant")]
+        if not history:
+            return _error(400, "messages: need at least one user or assistant message")
+        sampling: dict[str, Any] = {}
+        if body.temperature is not None:
+            sampling["temperature"] = body.temperature
+        if body.top_p is not None:
+            sampling["top_p"] = body.top_p
+        if body.max_completion_tokens or body.max_tokens:
+            sampling["max_new_tokens"] = body.max_completion_tokens or body.max_tokens
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if body.stream:
+            return StreamingResponse(_stream(clone, lock, history, sampling, completion_id, model_id),
+                                     media_type="text/event-stream")
+
+        def generate() -> list[str]:
+            with lock:
+                return clone.reply(history, **sampling)
+
+        messages = await asyncio.get_running_loop().run_in_executor(None, generate)
+        return {
+            "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "\n".join(messages)},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
+
+    return app
+
+
+async def _stream(clone: Any, lock: threading.Lock, history: list[dict[str, str]], sampling: dict[str, Any],
+                  completion_id: str, model_id: str) -> AsyncIterator[str]:
+    """Server-sent events: a role chunk, one chunk per message as it is generated, a stop chunk, [DONE]."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def chunk(delta: dict[str, str], finish: str | None = None) -> str:
+        return "data: " + json.dumps({
+            "id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_id,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }, ensure_ascii=False) + "\n\n"
+
+    def generate() -> None:
+        first = [True]
+
+        def on_message(message: str) -> None:
+            text = message if first[0] else "\n" + message
+            first[0] = False
+            loop.call_soon_threadsafe(queue.put_nowait, chunk({"content": text}))
+
+        try:
+            with lock:
+                clone.reply(history, on_message=on_message, **sampling)
+        finally:
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    yield chunk({"role": "assistant", "content": ""})
+    task = loop.run_in_executor(None, generate)
+    while (item := await queue.get()) is not None:
+        yield item
+    await task
+    yield chunk({}, "stop")
+    yield "data: [DONE]\n\n"
+
+
+def serve(clone_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None) -> None:
+    import uvicorn
+
+    from llmclone.clone import LLMClone
+
+    clone = LLMClone.load(clone_dir)
+    name = f"llmclone-{clone.clone_dir.name if clone.clone_dir else 'clone'}"
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {host} without --api-key: anyone who can reach it can talk to your clone.")
+    uvicorn.run(create_app(clone, model_id=name, api_key=api_key), host=host, port=port, log_level="warning")
