@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, example_dataset: Path) 
     texts = [m["content"] for line in (example_dataset / "train.jsonl").read_text().splitlines()
              for m in json.loads(line)["messages"]]
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", [*texts, "User: ", "Clone: "])
+
+
+@pytest.fixture(scope="session")
+def embedded_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh LLMClone home in which the real embedded model gets converted (once per test session)."""
+    home = tmp_path_factory.mktemp("llmclone-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LLMCLONE_HOME", str(home))
+        yield home

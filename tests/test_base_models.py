@@ -40,13 +40,13 @@ def test_interrupted_conversion_leaves_no_cache(tmp_path: Path, monkeypatch: pyt
 
 
 @pytest.mark.slow
-def test_embedded_model_converted_once_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_embedded_model_converted_once_and_cached(embedded_home: Path) -> None:
     """The real embedded model: GGUF → safetensors + tokenizer, then loads from the cache in seconds."""
     import time
 
     from transformers import AutoConfig, AutoTokenizer
 
-    monkeypatch.setenv("LLMCLONE_HOME", str(tmp_path))
+    tmp_path = embedded_home
     base = resolve("embedded")
     assert base.kind == "embedded" and Path(base.path).is_relative_to(tmp_path)
     config = AutoConfig.from_pretrained(base.path)

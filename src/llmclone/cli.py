@@ -14,7 +14,7 @@ from llmclone.errors import UserError
 app = typer.Typer(
     name="llmclone",
     help="Turn your chat history into a language model that writes like you.\n\n"
-    "Pipeline: ingest (export → dataset) → train (dataset → clone) → chat / reply / serve. `llmclone demo` runs it all on the "
+    "Pipeline: ingest (export → dataset) → train (dataset → clone) → chat / reply / serve / export. `llmclone demo` runs it all on the "
     "bundled example.",
     no_args_is_help=True,
     add_completion=False,
@@ -180,6 +180,24 @@ def serve(
 
     typer.echo(f"serving {clone} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
     run_server(str(clone), host=host, port=port, api_key=api_key)
+
+
+@app.command()
+def export(
+    clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
+    merged: Annotated[Path | None, typer.Option(help="Write the base model with the adapter merged in (a Hugging Face checkpoint) here.")] = None,
+    gguf: Annotated[Path | None, typer.Option(help="Write an f16 GGUF for llama.cpp / Ollama here (Gemma-family bases, e.g. the embedded one).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace what is there.")] = False,
+) -> None:
+    """Export the clone as a standalone model: --merged DIR and/or --gguf FILE."""
+    from llmclone.export import export_gguf, export_merged
+
+    if merged is None and gguf is None:
+        raise UserError("say what to export: --merged DIR (Hugging Face checkpoint) and/or --gguf FILE (llama.cpp).")
+    if merged is not None:
+        typer.echo(f"merged checkpoint written to {export_merged(clone, merged, force=force)}")
+    if gguf is not None:
+        typer.echo(f"GGUF written to {export_gguf(clone, gguf, force=force)} (prompt format beside it)")
 
 
 def settings_toml(settings: dict) -> str:

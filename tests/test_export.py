@@ -1,0 +1,57 @@
+"""Exporting a clone: merged Hugging Face checkpoint, and an f16 GGUF that loads back with the same outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmclone.clone import LLMClone
+from llmclone.config import TrainConfig
+from llmclone.errors import UserError
+from llmclone.export import export_gguf, export_merged
+from llmclone.training.trainer import train
+
+
+def _last_logits(model: object, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([ids]), use_cache=False).logits[0, -1]  # type: ignore[operator]
+
+
+def test_merged_checkpoint_equals_clone(tiny_model: Path, example_dataset: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    train(example_dataset, tmp_path / "clone", TrainConfig(model=str(tiny_model), max_steps=3, batch_tokens=512,
+                                                           max_length=256, learning_rate=5e-2), quiet=True)
+    export_merged(tmp_path / "clone", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    clone = LLMClone.load(tmp_path / "clone")
+    ids = clone.chat_format.prompt(tokenizer, [{"role": "user", "content": "привет"}])
+    torch.testing.assert_close(_last_logits(merged, ids), _last_logits(clone._model, ids), atol=1e-4, rtol=1e-4)
+    assert "Clone: " in (tmp_path / "merged" / "llmclone-prompt.txt").read_text()
+    assert json.loads((tmp_path / "merged" / "clone.json").read_text()) == clone.manifest
+    with pytest.raises(UserError, match="already exists"):
+        export_merged(tmp_path / "clone", tmp_path / "merged")
+    with pytest.raises(UserError, match="needs the base model's own GGUF"):
+        export_gguf(tmp_path / "clone", tmp_path / "clone.gguf")
+    assert not (tmp_path / "clone.gguf").exists()
+
+
+@pytest.mark.slow
+def test_gguf_of_embedded_clone_loads_back_with_the_same_predictions(embedded_home: Path, example_dataset: Path,
+                                                                      tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    train(example_dataset, tmp_path / "clone", TrainConfig(max_steps=1, max_eval_samples=2, learning_rate=1e-3),
+          quiet=True)
+    out = export_gguf(tmp_path / "clone", tmp_path / "clone.gguf")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="clone.gguf", dtype=torch.float32).eval()
+    clone = LLMClone.load(tmp_path / "clone")
+    ids = clone.chat_format.prompt(clone._tokenizer, [{"role": "user", "content": "привет! как дела?"}])
+    ours, theirs = _last_logits(clone._model, ids), _last_logits(back, ids)
+    assert (ours - theirs).abs().max() < 0.1  # f16 weights
+    assert ours.topk(5).indices.tolist() == theirs.topk(5).indices.tolist()
+    assert out.with_name("clone.gguf.prompt.txt").is_file()
