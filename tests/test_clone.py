@@ -25,7 +25,7 @@ def tiny_clone(tiny_model: Path, example_dataset: Path, tmp_path_factory: pytest
 
 
 def test_load_and_reply(tiny_clone: Path) -> None:
-    clone = LLMClone.load(tiny_clone)
+    clone = LLMClone.load(tiny_clone, merge=False)
     history = [{"role": "user", "content": "привет! как дела?"}]
     messages = clone.reply(history, temperature=0, max_new_tokens=30)
     assert isinstance(messages, list) and all(isinstance(m, str) and m for m in messages)
@@ -34,6 +34,10 @@ def test_load_and_reply(tiny_clone: Path) -> None:
     base = clone.reply(history, base=True, temperature=0, max_new_tokens=30)
     assert isinstance(base, list)
     assert isinstance(clone.sample("hi"), str)
+    merged = LLMClone.load(tiny_clone)  # the default: adapter folded in, same replies
+    assert merged.reply(history, temperature=0, max_new_tokens=30) == messages
+    with pytest.raises(UserError, match="merge=False"):
+        merged.reply(history, base=True)
 
 
 def test_manifest_round_trip_and_copy(tiny_clone: Path, tmp_path: Path) -> None:
@@ -41,7 +45,7 @@ def test_manifest_round_trip_and_copy(tiny_clone: Path, tmp_path: Path) -> None:
 
     copy = tmp_path / "copied-clone"
     shutil.copytree(tiny_clone, copy)
-    clone = LLMClone.load(copy)
+    clone = LLMClone.load(copy, merge=False)
     assert clone.manifest == json.loads((tiny_clone / "clone.json").read_text())
     assert clone.chat_format.kind == "transcript"
     clone.save(tmp_path / "saved")

@@ -49,16 +49,20 @@ class LLMClone:
 
     # -- loading ---------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, clone_dir: str | Path) -> LLMClone:
-        """Load a clone directory: its base model (resolved again on this machine) plus its adapter."""
+    def load(cls, clone_dir: str | Path, merge: bool = True) -> LLMClone:
+        """Load a clone directory: its base model (resolved again on this machine) plus its adapter.
+
+        `merge=True` folds the adapter into the weights (replies are faster: an unmerged LoRA costs a
+        third or more per token); `merge=False` keeps it apart, so `reply(base=True)` can switch it off.
+        """
         manifest = read_manifest(clone_dir)
         clone = cls(CloneConfig(model_name=manifest["base_model"]["spec"]))
         clone.clone_dir, clone.manifest = Path(clone_dir), manifest
         clone.chat_format = ChatFormat.from_json(manifest["chat_format"])
-        clone._load(_base_for(manifest), Path(clone_dir) / "adapter")
+        clone._load(_base_for(manifest), Path(clone_dir) / "adapter", merge)
         return clone
 
-    def _load(self, base: BaseModel, adapter: Path | None) -> None:
+    def _load(self, base: BaseModel, adapter: Path | None, merge: bool = False) -> None:
         import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -68,6 +72,8 @@ class LLMClone:
         model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
         if adapter is not None:
             model = PeftModel.from_pretrained(model, str(adapter))
+            if merge:
+                model = model.merge_and_unload()
         self._model = model.eval()
 
     def add_adapters(self, path: str | Path) -> None:
@@ -79,15 +85,15 @@ class LLMClone:
             path = path / "adapter"
         if not (path / "adapter_config.json").is_file():
             raise UserError(f"{path} holds no LoRA adapter (adapter_config.json); give a clone or adapter directory.")
-        if self._model is None:
-            self._load(resolve(self.config.model_name), None)
+        if self._model is None or (self.clone_dir is not None and not hasattr(self._model, "peft_config")):
+            self._load(resolve(self.config.model_name), None)  # a merged clone's weights are not the base
         base = self._model.get_base_model() if hasattr(self._model, "get_base_model") else self._model
         self._model = PeftModel.from_pretrained(base, str(path)).eval()
 
     def save(self, path: str | Path) -> None:
         """Save the adapter (and, for a loaded clone, its manifest) to a directory."""
-        if self._model is None or not hasattr(self._model, "save_pretrained"):
-            raise UserError("nothing to save: train the clone or load one first.")
+        if self._model is None or not hasattr(self._model, "peft_config"):
+            raise UserError("nothing to save: train the clone, or load one with merge=False.")
         path = Path(path)
         self._model.save_pretrained(str(path / "adapter"))
         if self.manifest is not None:
@@ -133,7 +139,10 @@ class LLMClone:
             ids = fmt.prompt(tok, history)
         params = DEFAULT_SAMPLING | sampling
         do_sample = params.get("temperature", 0) > 0
-        off = self._model.disable_adapter() if base and hasattr(self._model, "disable_adapter") else contextlib.nullcontext()
+        if base and not hasattr(self._model, "disable_adapter"):
+            raise UserError("this clone was loaded with its adapter merged; load it with merge=False to compare "
+                            "with the base model.")
+        off = self._model.disable_adapter() if base else contextlib.nullcontext()
         with torch.inference_mode(), off:
             out = self._model.generate(
                 torch.tensor([ids[-CONTEXT_TOKENS:]]), do_sample=do_sample,
@@ -207,7 +216,7 @@ def train_clone(clone: LLMClone, dataset: Any, out: str | Path | None = None, **
     with tempfile.TemporaryDirectory(prefix="llmclone-data-") as tmp:
         data_dir = Path(dataset) if isinstance(dataset, str | Path) else _write_dataset(dataset, Path(tmp))
         train(data_dir, out, clone.config.train_config(), force=True, **kwargs)
-    loaded = LLMClone.load(out)
+    loaded = LLMClone.load(out, merge=False)  # keeps save() and add_adapters() working on the adapter
     clone.__dict__.update(loaded.__dict__)
     return clone
 

@@ -42,7 +42,7 @@ def run_demo(out: Path, model: str = "embedded", steps: int | None = None, quiet
     print(f"     done in {m['seconds']:.0f} s; eval loss on held-out future chats: {m['eval_loss']:.3f}; "
           f"curve: {clone_dir / 'loss.png'}")
     print("3/3  replies: the clone beside the base model it was trained from")
-    clone = LLMClone.load(clone_dir)
+    clone = LLMClone.load(clone_dir, merge=False)  # keeps the adapter apart: the base model answers too
     rows = []
     for prompt in _prompts(dataset):
         seed = random.Random(prompt).randrange(2**31)

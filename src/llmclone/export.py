@@ -26,6 +26,7 @@ GGUF_FAMILIES = ("gemma", "gemma2", "gemma3")
 
 
 def merged_model(clone: LLMClone) -> Any:
+    """The clone's weights with the adapter folded in (LLMClone.load merges by default)."""
     model = clone._model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
