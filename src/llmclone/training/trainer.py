@@ -169,6 +169,11 @@ class _Session:
             dataloader_pin_memory=cuda,
             ddp_find_unused_parameters=False,
         )
+        if args.n_gpu > 1 and args.world_size == 1:
+            # One process seeing several GPUs would get nn.DataParallel, which TRL refuses (and which is slow).
+            print(f"{args.n_gpu} GPUs are visible to one process: training on the first. To use them all: "
+                  f"accelerate launch --num_processes {args.n_gpu} -m llmclone train ...", flush=True)
+            args._n_gpu = 1
         lora = LoraConfig(
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=config.target_modules, task_type="CAUSAL_LM",
