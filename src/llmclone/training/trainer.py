@@ -132,8 +132,11 @@ class _Session:
         if precision == "auto":
             precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else ("fp16" if cuda else "fp32")
         checkpointing = config.gradient_checkpointing
-        if checkpointing == "auto":  # pays only when activations would not fit: big models on a GPU
-            checkpointing = cuda and _param_bytes(model) > 0.4 * torch.cuda.get_device_properties(0).total_memory
+        if checkpointing == "auto":
+            # Pays only where memory is what limits: QLoRA (chosen to fit a card) and big models on a GPU.
+            # A 7B model without it holds ~70 GiB of activations for an 8k-token micro-step (benchmarks/NOTES.md).
+            checkpointing = cuda and (config.quantize is not None
+                                      or _param_bytes(model) > 0.4 * torch.cuda.get_device_properties(0).total_memory)
         args = SFTConfig(
             output_dir=str(self.work / "checkpoints"),
             per_device_train_batch_size=1,

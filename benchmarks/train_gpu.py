@@ -1,0 +1,207 @@
+"""GPU training throughput: `llmclone train` against the original article's recipe, same run, same card.
+
+    python benchmarks/train_gpu.py --data DATASET_DIR [--arch mistral7b|gemma270m] [--tokens 60000]
+
+The model is built from the real architecture's config with random weights (no weights can be downloaded;
+throughput does not depend on their values) and saved once, so every variant loads it the same way. A
+byte-level BPE with the architecture's vocabulary size is trained on the dataset's own text, so token
+counts are realistic. Variants, each seeing about `--tokens` real (non-padding) tokens:
+- original: HF Trainer + DataCollatorForLanguageModeling (padding), max_length 256, batch 4 x accumulation
+  4, bitsandbytes NF4 + double quant, LoRA r8/alpha32 on q/k/v/o, gradient checkpointing, paged AdamW 8-bit,
+  bf16;
+- ours-qlora / ours-lora: `llmclone train` defaults with --quantize 4bit / without.
+Printed per variant: real tokens/s, peak GPU memory, MFU (4N FLOPs per token, N = non-embedding parameters,
+against 790 TFLOP/s bf16) and the last logged training loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+PEAK_FLOPS = 790e12  # measured bf16 dense matmul peak of an H100/H200 (shared/docs/performance.md)
+ARCHS = {
+    "mistral7b": ("MistralConfig", dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                                        max_position_embeddings=32768, rope_theta=10000.0, sliding_window=4096,
+                                        tie_word_embeddings=False)),
+    "gemma270m": ("Gemma3TextConfig", dict(vocab_size=262144, hidden_size=640, intermediate_size=2048,
+                                           num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1,
+                                           head_dim=256, max_position_embeddings=32768, sliding_window=512)),
+}
+
+
+def build(arch: str, data: Path, work: Path) -> Path:
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    out = work / arch
+    if (out / "config.json").exists():
+        return out
+    name, params = ARCHS[arch]
+    texts = [m["content"] for line in open(data / "train.jsonl", encoding="utf-8") for m in json.loads(line)["messages"]]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=min(params["vocab_size"], 32000), special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                                     pad_token="<pad>", unk_token="<unk>")
+    config = getattr(transformers, name)(**params, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    with torch.device("cuda"):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def non_embedding_params(path: Path) -> int:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    return sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n)
+
+
+def run_original(model_path: Path, data: Path, tokens: int) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        BitsAndBytesConfig,
+        DataCollatorForLanguageModeling,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from llmclone.models.chat_format import ChatFormat
+    from llmclone.training.data import read_samples
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    ids = [ChatFormat().encode(tokenizer, m)[0][:256] for m in read_samples(data / "train.jsonl")]
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=quant, dtype=torch.bfloat16,
+                                                 device_map={"": 0})
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    seen = {"real": 0}
+
+    def counting(features):  # type: ignore[no-untyped-def]
+        batch = collator(features)
+        seen["real"] += int(batch["attention_mask"].sum())
+        return batch
+
+    per_step = 16 * sum(map(len, ids[:500])) / 500
+    timer = _Timer()
+    args = TrainingArguments(output_dir="/tmp/original", per_device_train_batch_size=4, gradient_accumulation_steps=4,
+                             learning_rate=2e-4, max_steps=max(3, round(tokens / per_step)), logging_steps=1,
+                             save_strategy="no", report_to="none", seed=42, bf16=True, optim="paged_adamw_8bit",
+                             gradient_checkpointing=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": ids}),
+                      data_collator=counting, callbacks=[timer.callback])
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return timer.result(seen["real"], losses)
+
+
+def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool) -> dict:
+    from llmclone.config import TrainConfig
+    from llmclone.models.base_models import resolve
+    from llmclone.training.data import training_samples
+    from llmclone.training.trainer import _Session
+
+    config = TrainConfig(model=str(model_path), quantize="4bit" if quantize else None, batch_tokens=8192,
+                         max_steps=max(3, tokens // 8192), eval_steps=10**6, save_steps=10**6, logging_steps=1)
+    session = _Session(resolve(str(model_path)), config, Path(f"/tmp/ours-{quantize}"), quiet=True)
+    train, _ = training_samples(data, config)
+    trainer = session.trainer(train, [])
+    timer = _Timer()
+    trainer.add_callback(timer.callback)
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return timer.result(trainer._total_train_tokens, losses)
+
+
+class _Timer:
+    """Times training from the end of the first optimizer step (warm-up, compilation) to the end."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+                torch.cuda.synchronize()
+                if state.global_step == 1:
+                    outer.start = time.perf_counter()
+                outer.end = time.perf_counter()
+                outer.steps = state.global_step
+
+        self.callback = Callback()
+        self.start = self.end = 0.0
+        self.steps = 0
+
+    def result(self, real_tokens: int, losses: list[float]) -> dict:
+        timed = (self.steps - 1) / self.steps  # share of the tokens after the first step
+        seconds = self.end - self.start
+        return {"tokens": real_tokens, "tokens_per_s": real_tokens * timed / seconds, "seconds": seconds,
+                "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": losses[-1] if losses else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="mistral7b")
+    parser.add_argument("--tokens", type=int, default=60000)
+    parser.add_argument("--variant", choices=["original", "ours-qlora", "ours-lora"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/train_gpu"))
+    args = parser.parse_args()
+    path = build(args.arch, args.data, args.work)
+    if args.variant:
+        if args.variant == "original":
+            result = run_original(path, args.data, args.tokens)
+        else:
+            result = run_ours(path, args.data, args.tokens, quantize=args.variant == "ours-qlora")
+        result["mfu"] = result["tokens_per_s"] * 4 * non_embedding_params(path) / PEAK_FLOPS
+        print("RESULT " + json.dumps(result))
+        return
+    import subprocess
+    import sys
+
+    rows = {}
+    for variant in ("original", "ours-qlora", "ours-lora"):
+        out = subprocess.run([sys.executable, __file__, "--data", str(args.data), "--arch", args.arch, "--tokens",
+                              str(args.tokens), "--variant", variant, "--work", str(args.work)],
+                             capture_output=True, text=True)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+        rows[variant] = json.loads(lines[-1][7:]) if lines else {"error": out.stderr[-600:]}
+        print(variant, rows[variant], flush=True)
+    print(f"\n{args.arch}: {'variant':<11} {'tokens/s':>9} {'peak GiB':>9} {'MFU':>6} {'loss':>7}")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:<11} failed")
+            continue
+        print(f"{'':<{len(args.arch) + 2}}{name:<11} {r['tokens_per_s']:>9.0f} {r['peak_gib']:>9.1f} {r['mfu']:>6.1%} "
+              f"{r['loss'] or float('nan'):>7.3f}")
+    if "error" not in rows["original"]:
+        for name in ("ours-qlora", "ours-lora"):
+            if "error" not in rows[name]:
+                print(f"{name} / original tokens/s: {rows[name]['tokens_per_s'] / rows['original']['tokens_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
