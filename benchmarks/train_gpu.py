@@ -11,13 +11,16 @@ counts are realistic. Variants, each seeing about `--tokens` real (non-padding) 
   bf16;
 - ours-qlora / ours-lora: `llmclone train` defaults with --quantize 4bit / without.
 Printed per variant: real tokens/s, peak GPU memory, MFU (4N FLOPs per token, N = non-embedding parameters,
-against 790 TFLOP/s bf16) and the last logged training loss.
+against 790 TFLOP/s bf16) and the last logged training loss. For several GPUs, run one variant under
+torchrun (`torchrun --nproc_per_node 2 benchmarks/train_gpu.py ... --variant ours-qlora`) after a
+one-GPU run has built the model: tokens/s is then for all GPUs together.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -176,8 +179,11 @@ def main() -> None:
             result = run_original(path, args.data, args.tokens)
         else:
             result = run_ours(path, args.data, args.tokens, quantize=args.variant == "ours-qlora")
-        result["mfu"] = result["tokens_per_s"] * 4 * non_embedding_params(path) / PEAK_FLOPS
-        print("RESULT " + json.dumps(result))
+        gpus = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: tokens/s is for all GPUs together
+        result["gpus"] = gpus
+        result["mfu"] = result["tokens_per_s"] * 4 * non_embedding_params(path) / (PEAK_FLOPS * gpus)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("RESULT " + json.dumps(result))
         return
     import subprocess
     import sys
