@@ -82,11 +82,11 @@ def run_ours(data: Path, tokens: int) -> dict:
 def run_original(data: Path, tokens: int) -> dict:
     import torch
     from datasets import Dataset
+    from original_recipe import ORIGINAL_LORA, counting_collator, original_samples
     from peft import LoraConfig, get_peft_model
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
-        DataCollatorForLanguageModeling,
         Trainer,
         TrainingArguments,
     )
@@ -98,23 +98,13 @@ def run_original(data: Path, tokens: int) -> dict:
     base = resolve("embedded")
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     fmt = ChatFormat()
-    texts = []
-    for messages in read_samples(data / "train.jsonl"):
-        ids, _ = fmt.encode(tokenizer, messages)
-        texts.append(ids[:256])  # max_length=256, truncating the end as the original did
+    texts = original_samples(tokenizer, data)
     ds = Dataset.from_dict({"input_ids": texts})
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
     model.gradient_checkpointing_enable()
     model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    seen = {"real": 0}
-
-    def counting(features):  # type: ignore[no-untyped-def]
-        batch = collator(features)
-        seen["real"] += int(batch["attention_mask"].sum())
-        return batch
+    model = get_peft_model(model, LoraConfig(**ORIGINAL_LORA))
+    counting, seen = counting_collator(tokenizer)
 
     per_step = 16 * sum(len(t) for t in texts[:200]) / 200  # 4 x 4 samples of average length
     args = TrainingArguments(output_dir=str(WORK / "original"), per_device_train_batch_size=4,

@@ -75,35 +75,26 @@ def non_embedding_params(path: Path) -> int:
 
 def run_original(model_path: Path, data: Path, tokens: int) -> dict:
     from datasets import Dataset
+    from original_recipe import ORIGINAL_LORA, counting_collator, original_samples
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
         BitsAndBytesConfig,
-        DataCollatorForLanguageModeling,
         Trainer,
         TrainingArguments,
     )
 
-    from llmclone.models.chat_format import ChatFormat
-    from llmclone.training.data import read_samples
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    ids = [ChatFormat().encode(tokenizer, m)[0][:256] for m in read_samples(data / "train.jsonl")]
+    ids = original_samples(tokenizer, data)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=quant, dtype=torch.bfloat16,
                                                  device_map={"": 0})
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    seen = {"real": 0}
-
-    def counting(features):  # type: ignore[no-untyped-def]
-        batch = collator(features)
-        seen["real"] += int(batch["attention_mask"].sum())
-        return batch
+    model = get_peft_model(model, LoraConfig(**ORIGINAL_LORA))
+    counting, seen = counting_collator(tokenizer)
 
     per_step = 16 * sum(map(len, ids[:500])) / 500
     timer = _Timer()
