@@ -139,6 +139,10 @@ def test_qlora_on_cpu(tiny_model: Path, example_dataset: Path, tmp_path: Path) -
     manifest = train(example_dataset, tmp_path / "q", tiny_config(tiny_model, quantize="4bit", max_steps=2,
                                                                     target_modules="all-linear"), quiet=True)
     assert manifest["training"]["quantize"] == "4bit" and manifest["metrics"]["train_loss"] > 0
+    adapter = _adapter(tmp_path / "q")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: the 4-bit model was trained
+    assert any("mlp" in k for k in adapter)  # all-linear reached the MLP too
 
 
 def test_config_file_flags_and_validation(tmp_path: Path) -> None:
