@@ -45,6 +45,7 @@ class LLMClone:
         self.manifest: dict[str, Any] | None = None
         self._model: Any = None
         self._tokenizer: Any = None
+        self._stops: Any = None
         self.chat_format = ChatFormat()
 
     # -- loading ---------------------------------------------------------------------------------------
@@ -148,13 +149,24 @@ class LLMClone:
                 torch.tensor([ids[-CONTEXT_TOKENS:]]), do_sample=do_sample,
                 temperature=params["temperature"] if do_sample else None, top_p=params["top_p"] if do_sample else None,
                 repetition_penalty=params["repetition_penalty"], max_new_tokens=params["max_new_tokens"],
+                min_new_tokens=params.get("min_new_tokens"),
                 eos_token_id=fmt.stop_ids(tok), pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                stop_strings=fmt.stop_strings() or None, tokenizer=tok, streamer=streamer,
+                stopping_criteria=self._stop_criteria(), streamer=streamer,
             )
         text = tok.decode(out[0, len(ids[-CONTEXT_TOKENS:]):], skip_special_tokens=True)
         for stop in fmt.stop_strings():  # never write the other person's lines
             text = text.split(stop)[0]
         return text.strip()
+
+    def _stop_criteria(self) -> Any:
+        """Stop strings, built once: the criterion indexes the whole vocabulary (a second per build for Gemma)."""
+        from transformers import StoppingCriteriaList, StopStringCriteria
+
+        if getattr(self, "_stops", None) is None:
+            strings = self.chat_format.stop_strings()
+            self._stops = StoppingCriteriaList(
+                [StopStringCriteria(tokenizer=self._tokenizer, stop_strings=strings)] if strings else [])
+        return self._stops
 
     def sample(self, prompt: str, **sampling: Any) -> str:
         """The original library's call: the clone's answer to one message, as text."""
