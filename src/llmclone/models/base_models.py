@@ -101,7 +101,7 @@ def _convert(gguf: Path, target: Path) -> None:
                         f"{', '.join(SUPPORTED_GGUF_ARCHS)}. Use a Hugging Face checkpoint instead.")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"Preparing the base model from {gguf.name} (once; takes about a minute)...", flush=True)
+    print(f"Preparing the base model from {gguf.name} (once; a minute or two)...", flush=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=_ensure(target.parent)))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
