@@ -183,3 +183,23 @@ def test_process_tg_data_formats() -> None:
     assert dataset[0]["messages"] == messages[0] == json.loads(jsonl.splitlines()[0])["messages"]
     with pytest.raises(UserError):
         process_tg_data(EXAMPLE, output_format="csv")
+
+
+def test_written_samples_are_the_windows_messages(tmp_path: Path) -> None:
+    """The pipeline writes samples from cached per-turn bytes; they must equal Window.messages()."""
+    from llmclone.dataset.dialogues import merge_turns, split_sessions, windows
+    from llmclone.sources.base import Tally
+    from llmclone.sources.telegram import classify_chat, open_export
+
+    messages = [*dialogue(7, 14), msg(40, 1_700_100_000, OWNER, "re: message 1", reply_to_message_id=2)]  # a day later
+    export = write(tmp_path / "r.json", full_export([chat(7, messages)]))
+    run(export, tmp_path / "ds", max_context=20)
+    written = sorted(json.dumps(r["messages"]) for r in rows(tmp_path / "ds") + rows(tmp_path / "ds", "eval"))
+    (parsed,) = open_export(export).chats(lambda t, i, n: classify_chat(t, i), Tally())
+    for m in parsed.messages:
+        m.is_owner = m.sender == f"user{OWNER}"
+    by_id = {m.id: m for m in parsed.messages}
+    expected = sorted(json.dumps(w.messages()) for s in split_sessions(merge_turns(parsed.messages, 300), 4 * 3600)
+                      for w in windows(s, 20, by_id=by_id))
+    assert written == expected
+    assert any('"re: message 1"' in w and '"message 1 in 7"' in w for w in written)  # the quoted message came along

@@ -162,7 +162,7 @@ class LLMClone:
         """Stop strings, built once: the criterion indexes the whole vocabulary (a second per build for Gemma)."""
         from transformers import StoppingCriteriaList, StopStringCriteria
 
-        if getattr(self, "_stops", None) is None:
+        if self._stops is None:
             strings = self.chat_format.stop_strings()
             self._stops = StoppingCriteriaList(
                 [StopStringCriteria(tokenizer=self._tokenizer, stop_strings=strings)] if strings else [])

@@ -24,7 +24,6 @@ from typing import Any
 from llmclone.errors import UserError
 
 EMBEDDED = "embedded"
-EMBEDDED_NAME = "gemma-3-270m (GGUF Q4_K_M, de-quantised)"
 SUPPORTED_GGUF_ARCHS = ("gemma3", "gemma2", "gemma", "llama", "mistral", "qwen2", "qwen3", "phi3")
 
 

@@ -29,10 +29,6 @@ class Chat:
     name: str | None
     messages: list[Message] = field(default_factory=list)
 
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.source, self.kind, self.id)
-
 
 @dataclass
 class Tally:
@@ -40,4 +36,3 @@ class Tally:
 
     dropped_messages: Counter[str] = field(default_factory=Counter)
     skipped_chats: Counter[str] = field(default_factory=Counter)
-    redactions: Counter[str] = field(default_factory=Counter)

@@ -165,7 +165,6 @@ class Export:
                     ) -> Iterator[RawChat]:
         with self.open() as f:
             buf = bytearray()
-            seen = 0  # bytes read so far
             search_from = 0
             dropped = 0  # bytes of the file before buf[0]
             current: tuple[str, int, str | None] | None = None  # header of the chat starting buf
@@ -174,7 +173,6 @@ class Export:
                 block = f.read(_BLOCK)
                 eof = not block
                 buf += block
-                seen += len(block)
                 if progress:
                     progress(len(block))
                 while True:
@@ -235,16 +233,16 @@ class Export:
                     if prefix == "" and event == "map_key":
                         top_keys.add(value)
                     elif event == "start_map" and prefix == "personal_information":
-                        self._set_personal_information(_build(events, prefix, event, value))
+                        self._set_personal_information(_build(events, event, value))
                     elif event == "start_map" and prefix in ("chats.list.item", "left_chats.list.item"):
-                        chat_obj = _build(events, prefix, event, value)
+                        chat_obj = _build(events, event, value)
                         chat = self._chat_from_object(chat_obj, select, tally)
                         if chat is not None:
                             yield chat
                     elif prefix in ("name", "type", "id") and event in ("string", "number", "null"):
                         single[prefix] = value
                     elif prefix == "messages.item" and event == "start_map":
-                        message = _build(events, prefix, event, value)
+                        message = _build(events, event, value)
                         converted = _convert(message, tally)
                         if converted is not None:
                             single_messages.append(converted)
@@ -524,7 +522,7 @@ def _header(match: re.Match[bytes]) -> tuple[str, int, str | None]:
     return match["type"].decode(), int(match["id"]), orjson.loads(name) if name else None
 
 
-def _build(events: Iterator[tuple[str, str, Any]], prefix: str, event: str, value: Any) -> Any:
+def _build(events: Iterator[tuple[str, str, Any]], event: str, value: Any) -> Any:
     """Build the object that starts at this ijson event, consuming its events."""
     builder = ijson.ObjectBuilder()
     builder.event(event, value)
