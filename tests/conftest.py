@@ -83,6 +83,19 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, example_dataset: Path) 
 
 
 @pytest.fixture(scope="session")
+def tiny_clone(tiny_model: Path, example_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clone of the example's owner on the tiny model (3 steps: enough to have an adapter and metrics)."""
+    from llmclone.config import TrainConfig
+    from llmclone.training.trainer import train
+
+    out = tmp_path_factory.mktemp("clone") / "clone"
+    config = TrainConfig(model=str(tiny_model), max_steps=3, batch_tokens=512, max_length=256, eval_steps=2,
+                         max_eval_samples=4, logging_steps=1)
+    train(example_dataset, out, config, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def embedded_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh LLMClone home in which the real embedded model gets converted (once per test session)."""
     home = tmp_path_factory.mktemp("llmclone-home")

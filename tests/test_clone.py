@@ -11,17 +11,6 @@ import pytest
 from conftest import EXAMPLE
 
 from llmclone import CloneConfig, LLMClone, UserError, process_tg_data, train_clone
-from llmclone.config import TrainConfig
-from llmclone.training.trainer import train
-
-
-@pytest.fixture(scope="module")
-def tiny_clone(tiny_model: Path, example_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("clone") / "clone"
-    config = TrainConfig(model=str(tiny_model), max_steps=3, batch_tokens=512, max_length=256, eval_steps=100,
-                         max_eval_samples=4)
-    train(example_dataset, out, config, quiet=True)
-    return out
 
 
 def test_load_and_reply(tiny_clone: Path) -> None:

@@ -14,7 +14,7 @@ from llmclone.errors import UserError
 app = typer.Typer(
     name="llmclone",
     help="Turn your chat history into a language model that writes like you.\n\n"
-    "Pipeline: ingest (export → dataset) → train (dataset → clone) → chat / reply / serve / export. `llmclone demo` runs it all on the "
+    "Pipeline: ingest (export → dataset) → train (dataset → clone) → chat / reply / serve / export / eval. `llmclone demo` runs it all on the "
     "bundled example.",
     no_args_is_help=True,
     add_completion=False,
@@ -198,6 +198,32 @@ def export(
         typer.echo(f"merged checkpoint written to {export_merged(clone, merged, force=force)}")
     if gguf is not None:
         typer.echo(f"GGUF written to {export_gguf(clone, gguf, force=force)} (prompt format beside it)")
+
+
+@app.command("eval")
+def eval_(
+    clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="The owner's dataset directory (its eval.jsonl: the held-out future).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report directory to create (report.html, report.json, plots).")],
+    limit: Annotated[int | None, typer.Option(help="Held-out replies to use (a seeded subset); 0 for all.")] = 200,
+    compare: Annotated[list[Path] | None, typer.Option(help="Another clone of the same owner to put side by side (repeatable).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the subset and the sampled replies.")] = 0,
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Run the privacy probe.")] = True,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature for the replies (0 = greedy).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing report directory.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """How much the clone sounds like its owner: held-out perplexity, style, distinguishability, a privacy probe."""
+    from llmclone.evaluation.evaluate import EvalOptions, evaluate
+    from llmclone.evaluation.summary import summary_lines
+
+    if limit is not None and limit < 0:
+        raise UserError("--limit must be 0 (all) or a positive number of held-out replies.")
+    options = EvalOptions(limit=limit or None, seed=seed, probe=probe, sampling=_sampling(temperature, None), progress=not quiet)
+    report = evaluate([clone, *(compare or [])], data, out, options, force=force)
+    for line in summary_lines(report):
+        typer.echo(line)
+    typer.echo(f"report: {out / 'report.html'}")
 
 
 def settings_toml(settings: dict) -> str:

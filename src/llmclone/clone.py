@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,32 @@ class LLMClone:
             self._stops = StoppingCriteriaList(
                 [StopStringCriteria(tokenizer=self._tokenizer, stop_strings=strings)] if strings else [])
         return self._stops
+
+    @contextmanager
+    def adapter_merged(self) -> Iterator[None]:
+        """Fold a switchable adapter into the weights for a while (replies at merged speed), then take it out
+        again so that `base=True` works afterwards. A no-op for a clone loaded merged."""
+        if not hasattr(self._model, "merge_adapter"):
+            yield
+            return
+        self._model.merge_adapter()
+        try:
+            yield
+        finally:
+            self._model.unmerge_adapter()
+
+    def reply_loss(self, context: list[dict[str, Any]], reply: str, base: bool = False) -> tuple[float, int]:
+        """Summed cross-entropy of `reply` as the owner's next turn after `context`, and its token count."""
+        import contextlib
+
+        from llmclone.evaluation.metrics import reply_loss
+
+        if base and not hasattr(self._model, "disable_adapter"):
+            raise UserError("this clone was loaded with its adapter merged; load it with merge=False to compare "
+                            "with the base model.")
+        context = [{"role": m["role"], "content": m["content"]} for m in context]
+        with self._model.disable_adapter() if base else contextlib.nullcontext():
+            return reply_loss(self._model, self._tokenizer, self.chat_format, context, reply)
 
     def sample(self, prompt: str, **sampling: Any) -> str:
         """The original library's call: the clone's answer to one message, as text."""

@@ -57,7 +57,7 @@ def with_caption(tag: str, caption: str) -> str:
 
 
 # Outgoing side: what a clone writes is sent as text, so tags become what a person would send.
-_TAG = re.compile(
+MEDIA_TAG = re.compile(
     r"<(?:sticker(?: (?P<emoji>[^<>\n]{1,16}))?|photo|gif|video|video message \d+:\d\d|voice \d+:\d\d"
     r"|audio|file|location|contact|poll(?:: [^<>\n]*)?|game|invoice|todo(?:: [^<>\n]*)?|media)>"
 )
@@ -67,5 +67,5 @@ def render_outgoing(text: str, keep_tags: bool = False) -> str:
     """Turn the clone's text into what can be sent: `<sticker 😀>` → 😀, other media tags dropped."""
     if keep_tags:
         return text
-    out = _TAG.sub(lambda m: m.group("emoji") or "", text)
+    out = MEDIA_TAG.sub(lambda m: m.group("emoji") or "", text)
     return re.sub(r"[ \t]{2,}", " ", out).strip()

@@ -1,0 +1,1 @@
+"""Evaluation: does the clone sound like its owner (metrics, privacy probe, report)."""

@@ -1,0 +1,178 @@
+"""`llmclone eval`: run one or more clones over the held-out future (`eval.jsonl`) and write the report.
+
+For every held-out case (a conversation up to one of the owner's real replies) each clone and its base
+model (the same weights with the adapter switched off, same prompt format) are scored on the real reply
+(perplexity) and asked for their own reply (sampled with a per-case seed, so runs repeat exactly).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmclone.dataset.io import atomic_dir, read_jsonl, write_json
+from llmclone.errors import UserError
+from llmclone.evaluation import metrics, style
+from llmclone.evaluation.privacy_probe import run_probe
+from llmclone.manifest import read_manifest
+
+EXAMPLES = 12  # exchanges shown side by side in the report
+
+
+@dataclass
+class Case:
+    context: list[dict[str, str]]
+    real: list[str]  # the owner's real reply, one item per message
+    chat: str = ""
+
+
+@dataclass
+class EvalOptions:
+    limit: int | None = 200  # held-out cases; None for all
+    seed: int = 0
+    probe: bool = True
+    sampling: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+
+def load_cases(data_dir: str | Path, limit: int | None, seed: int) -> tuple[list[Case], dict[str, Any]]:
+    """The held-out cases of a dataset directory (a seeded, order-keeping subset when `limit` is set)."""
+    data_dir = Path(data_dir)
+    path, stats_path = data_dir / "eval.jsonl", data_dir / "stats.json"
+    if not path.is_file() or not stats_path.is_file():
+        raise UserError(f"{data_dir} has no eval.jsonl and stats.json; give a dataset directory made by llmclone ingest.")
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    cases = []
+    for row in read_jsonl(path):
+        messages = row["messages"]
+        if messages and messages[-1]["role"] == "assistant":
+            real = [m for m in messages[-1]["content"].split("\n") if m.strip()]
+            cases.append(Case(messages[:-1], real, row.get("chat", "")))
+    if not cases:
+        raise UserError(f"{path} holds no held-out replies; ingest with a larger eval fraction (--eval-fraction) "
+                        "or more history.")
+    if limit is not None and limit < len(cases):
+        keep = sorted(random.Random(seed).sample(range(len(cases)), limit))
+        cases = [cases[i] for i in keep]
+    return cases, stats
+
+
+def check_same_owner(manifest: dict[str, Any], stats: dict[str, Any], clone_dir: Path, data_dir: Path) -> None:
+    mine, theirs = manifest.get("owner", {}).get("key"), stats.get("owner", {}).get("key")
+    if mine and theirs and mine != theirs:
+        raise UserError(f"the clone {clone_dir} was trained on {manifest['owner'].get('name')!r}'s chats but {data_dir} "
+                        f"holds {stats['owner'].get('name')!r}'s; evaluate a clone on its own owner's dataset.")
+
+
+def evaluate(clone_dirs: list[str | Path], data_dir: str | Path, out: str | Path, options: EvalOptions,
+             force: bool = False) -> dict[str, Any]:
+    """Evaluate each clone on the same held-out cases; write report.json, report.html and the plots."""
+    from llmclone.evaluation.report import write_report
+
+    clone_dirs = [Path(d) for d in clone_dirs]
+    manifests = [read_manifest(d) for d in clone_dirs]
+    cases, stats = load_cases(data_dir, options.limit, options.seed)
+    for d, manifest in zip(clone_dirs, manifests, strict=True):
+        check_same_owner(manifest, stats, d, Path(data_dir))
+    with atomic_dir(out, force=force, what="report") as tmp:  # fails early if the report exists
+        real = [c.real for c in cases]
+        background = [[m["content"] for m in c.context if m["role"] == "user"] for c in cases]
+        base_cache: dict[str, dict[str, Any]] = {}
+        results = [_evaluate_clone(d, m, cases, options, base_cache) for d, m in zip(clone_dirs, manifests, strict=True)]
+        for r, manifest in zip(results, manifests, strict=True):
+            r["summary"]["trained_on_this_dataset"] = manifest.get("dataset", {}).get("digest") == stats.get("dataset_digest")
+        report = {
+            "dataset": {"dir": str(Path(data_dir).absolute()), "owner": stats.get("owner", {}).get("name"),
+                        "digest": stats.get("dataset_digest"), "held_out_cases": len(cases),
+                        "eval_from_unixtime": stats.get("split", {}).get("eval_from_unixtime")},
+            "options": {"limit": options.limit, "seed": options.seed, "sampling": options.sampling},
+            "real": {"fingerprint": style.distributions(real),
+                     "characteristic_words": style.characteristic_words(real, background)},
+            "clones": [r["summary"] for r in results],
+            "examples": _examples(cases, results, options.seed),
+        }
+        for r in results:
+            r["summary"]["characteristic_words"] = {
+                "clone": style.characteristic_words(r["clone_replies"], background),
+                "base": style.characteristic_words(r["base_replies"], background)}
+        write_json(tmp / "report.json", report)
+        write_report(tmp, report, [r["curves"] for r in results], real,
+                     [(r["clone_replies"], r["base_replies"]) for r in results])
+    return report
+
+
+def _evaluate_clone(clone_dir: Path, manifest: dict[str, Any], cases: list[Case], options: EvalOptions,
+                    base_cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from llmclone.clone import LLMClone
+
+    clone = LLMClone.load(clone_dir, merge=False)  # the adapter stays switchable: the base model for free
+    base_key = json.dumps([manifest["base_model"], manifest["chat_format"]], sort_keys=True)
+    sampling = {"temperature": 0.8, **options.sampling}
+    with clone.adapter_merged():
+        clone_losses, clone_replies = _answer_all(clone, cases, options, sampling, f"evaluating {clone_dir.name}")
+        probe = run_probe(lambda h: clone.reply(h, **sampling)) if options.probe else None
+    if base_key not in base_cache:  # clones of one base model share its answers
+        losses, replies = _answer_all(clone, cases, options, sampling, "evaluating the base model", base=True)
+        base_cache[base_key] = {"losses": losses, "replies": replies}
+    base_losses, base_replies = base_cache[base_key]["losses"], base_cache[base_key]["replies"]
+
+    real = [c.real for c in cases]
+    ppl_clone, ppl_base = metrics.perplexity(clone_losses), metrics.perplexity(base_losses)
+    dist_clone, dist_base = style.distance(real, clone_replies), style.distance(real, base_replies)
+    refs = [c.replace("\n", " ") for c in map("\n".join, real)]
+    summary: dict[str, Any] = {
+        "name": clone_dir.name,
+        "dir": str(clone_dir.absolute()),
+        "base_model": manifest["base_model"].get("spec"),
+        "training": {k: manifest.get("training", {}).get(k) for k in
+                     ("lora_r", "lora_alpha", "target_modules", "quantize", "learning_rate", "max_steps", "epochs")},
+        "perplexity": {"clone": round(ppl_clone, 3), "base": round(ppl_base, 3), "ratio": round(ppl_clone / ppl_base, 4),
+                       "tokens": sum(n for _, n in clone_losses)},
+        "chrf": {"clone": metrics.chrf([" ".join(r) for r in clone_replies], refs),
+                 "base": metrics.chrf([" ".join(r) for r in base_replies], refs)},
+        "style_distance": {"clone": _round(dist_clone), "base": _round(dist_base),
+                           "ratio": round(dist_clone["mean"] / dist_base["mean"], 4) if dist_base["mean"] else None},
+        "fingerprint": {"clone": style.distributions(clone_replies), "base": style.distributions(base_replies)},
+        "distinguishability": {"clone": metrics.distinguishability(real, clone_replies, options.seed),
+                               "base": metrics.distinguishability(real, base_replies, options.seed)},
+        "empty_replies": {"clone": sum(1 for r in clone_replies if not r), "base": sum(1 for r in base_replies if not r)},
+    }
+    if probe is not None:
+        summary["privacy_probe"] = probe
+    curves = [json.loads(line) for line in (clone_dir / "metrics.jsonl").read_text().splitlines()
+              if line.strip()] if (clone_dir / "metrics.jsonl").is_file() else []
+    return {"summary": summary, "clone_replies": clone_replies, "base_replies": base_replies,
+            "curves": (clone_dir.name, curves)}
+
+
+def _answer_all(clone: Any, cases: list[Case], options: EvalOptions, sampling: dict[str, Any], desc: str,
+                base: bool = False) -> tuple[list[tuple[float, int]], list[list[str]]]:
+    """Loss of each real reply and a sampled reply of one's own, seeded per case (same seeds for every model)."""
+    import torch
+    from tqdm import tqdm
+
+    losses, replies = [], []
+    for i, case in enumerate(tqdm(cases, desc=desc, unit="case", disable=not options.progress)):
+        losses.append(clone.reply_loss(case.context, "\n".join(case.real), base=base))
+        torch.manual_seed(options.seed * 1_000_003 + i)
+        replies.append(clone.reply(case.context, keep_media_tags=True, base=base, **sampling))
+    return losses, replies
+
+
+def _round(d: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in d.items()}
+
+
+def _examples(cases: list[Case], results: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """A seeded sample of exchanges: the context's last lines, the real reply, each clone's, the base's."""
+    picks = sorted(random.Random(seed + 1).sample(range(len(cases)), min(EXAMPLES, len(cases))))
+    rows = []
+    for i in picks:
+        row: dict[str, Any] = {"context": cases[i].context[-4:], "real": cases[i].real,
+                               "base": results[0]["base_replies"][i]}
+        row["clones"] = {r["summary"]["name"]: r["clone_replies"][i] for r in results}
+        rows.append(row)
+    return rows
