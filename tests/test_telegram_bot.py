@@ -1,0 +1,270 @@
+"""The bot and the business bot end to end: the real aiogram polling loop against a fake Bot API server
+on 127.0.0.1, the engine, the SQLite store and a stub clone (a tiny real clone in the last test)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_bot_api import FakeBotAPI, private_message
+
+from llmclone.telegram import bot
+from llmclone.telegram.config import TelegramConfig
+from llmclone.telegram.store import Store
+
+OWNER, FRIEND, STRANGER = 111, 222, 333
+TOKEN = "123456:TEST-secret-token-value"
+
+
+class StubClone:
+    """Stands in for LLMClone.reply where a test is about Telegram behaviour, not about the model."""
+
+    def __init__(self, answer: Callable[[list[dict[str, str]]], list[str]] | None = None) -> None:
+        self.histories: list[list[dict[str, str]]] = []
+        self.answer = answer or (lambda h: [f"re: {h[-1]['content']}", "ну как-то так)"])
+
+    def reply(self, history: list[dict[str, str]], **sampling: Any) -> list[str]:
+        self.histories.append(history)
+        return self.answer(history)
+
+
+def fast_config(**kw: Any) -> TelegramConfig:
+    settings = {"owner_id": OWNER, "allow": [FRIEND], "debounce_seconds": 0.3, "read_delay_seconds": 0,
+                "typing_chars_per_second": 1000, "max_typing_seconds": 0.05, "pause_between_messages": 0,
+                "backoff_seconds": 0.05} | kw
+    return TelegramConfig(**settings)
+
+
+async def until(check: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        await asyncio.sleep(0.05)
+
+
+class Harness:
+    def __init__(self, api: FakeBotAPI, clone: Any, config: TelegramConfig, state: Path, mode: str = "bot") -> None:
+        self.api, self.clone, self.config, self.state, self.mode = api, clone, config, state, mode
+        self.stop_event: asyncio.Event | None = None
+        self.task: asyncio.Task[Any] | None = None
+
+    def start(self) -> None:
+        self.stop_event = asyncio.Event()
+        self.task = asyncio.create_task(bot.run(self.clone, self.config, str(self.state), self.mode, stop=self.stop_event,
+                                                polling_timeout=1))
+
+    async def stop(self) -> Any:
+        assert self.stop_event is not None and self.task is not None
+        self.stop_event.set()
+        return await asyncio.wait_for(self.task, 20)
+
+    async def crash(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self.task
+
+    def texts(self, chat: int | None = None) -> list[str]:
+        return [s["text"] for s in self.api.sent if chat is None or s["chat_id"] == chat]
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TOKEN)
+
+
+def scenario(body: Callable[[FakeBotAPI], Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        api = FakeBotAPI()
+        monkeypatch.setenv("TELEGRAM_API_BASE", await api.start())
+        try:
+            await body(api)
+        finally:
+            await api.stop()
+
+    asyncio.run(main())
+
+
+def test_reply_typing_allowlist_and_owner_commands(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clone = StubClone()
+
+    async def body(api: FakeBotAPI) -> None:
+        h = Harness(api, clone, fast_config(), tmp_path / "state.sqlite")
+        h.start()
+        api.add_update(private_message(1, FRIEND, "привет"))
+        await until(lambda: len(h.texts(FRIEND)) == 2)
+        assert h.texts(FRIEND) == ["re: привет", "ну как-то так)"]
+        assert any(a["chat_id"] == FRIEND and a["action"] == "typing" for a in api.actions)
+
+        api.add_update(private_message(2, STRANGER, "hello?"))
+        api.add_update(private_message(3, STRANGER, "/start"))
+        await until(lambda: len(h.texts(STRANGER)) == 1)
+        assert "not allowed" in h.texts(STRANGER)[0]
+
+        api.add_update(private_message(4, STRANGER, "/allow 333"))  # not the owner: no effect
+        api.add_update(private_message(5, OWNER, f"/allow {STRANGER}"))
+        await until(lambda: f"allowed: {STRANGER}" in h.texts(OWNER))
+        api.add_update(private_message(6, STRANGER, "can we talk now?"))
+        await until(lambda: "re: can we talk now?" in h.texts(STRANGER))
+
+        api.add_update(private_message(7, OWNER, "/pause"))
+        await until(lambda: any(t.startswith("paused") for t in h.texts(OWNER)))
+        api.add_update(private_message(8, FRIEND, "ты тут?"))
+        await asyncio.sleep(1.0)
+        assert "re: ты тут?" not in h.texts(FRIEND)
+        api.add_update(private_message(9, OWNER, "/resume"))
+        api.add_update(private_message(10, OWNER, "/stats"))
+        await until(lambda: any(t.startswith("chats ") for t in h.texts(OWNER)))
+        api.add_update(private_message(11, FRIEND, "а сейчас?"))
+        await until(lambda: h.texts(FRIEND)[-2:] == ["re: а сейчас?", "ну как-то так)"])
+
+        api.add_update(private_message(12, FRIEND, "/reset"))
+        await until(lambda: "(conversation forgotten)" in h.texts(FRIEND))
+        api.add_update(private_message(13, FRIEND, "заново"))
+        await until(lambda: "re: заново" in h.texts(FRIEND))
+        assert clone.histories[-1] == [{"role": "user", "content": "заново"}]
+        await h.stop()
+        audit = Store(tmp_path / "state.sqlite").audit()
+        assert [a["text"] for a in audit if a["chat_id"] == FRIEND][:2] == ["re: привет", "ну как-то так)"]
+        assert (tmp_path / "state.sqlite").stat().st_mode & 0o077 == 0
+
+    scenario(body, monkeypatch)
+
+
+def test_debounce_answers_a_burst_once(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clone = StubClone(lambda h: [f"got {len(h)}"])
+
+    async def body(api: FakeBotAPI) -> None:
+        h = Harness(api, clone, fast_config(debounce_seconds=0.8), tmp_path / "s.sqlite")
+        h.start()
+        for i, text in enumerate(["слушай", "а ты", "завтра свободен?"]):
+            api.add_update(private_message(20 + i, FRIEND, text))
+            await asyncio.sleep(0.2)
+        await until(lambda: bool(h.texts(FRIEND)))
+        await asyncio.sleep(1.2)
+        assert h.texts(FRIEND) == ["got 3"] and len(clone.histories) == 1
+        assert [m["content"] for m in clone.histories[0]] == ["слушай", "а ты", "завтра свободен?"]
+        await h.stop()
+
+    scenario(body, monkeypatch)
+
+
+def test_long_reply_split_and_retries(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    long = ("Это длинное предложение про всё на свете. " * 200).strip()  # ~8,600 characters
+    clone = StubClone(lambda h: [long])
+
+    async def body(api: FakeBotAPI) -> None:
+        h = Harness(api, clone, fast_config(), tmp_path / "s.sqlite")
+        h.start()
+        api.failures += [{"method": "sendMessage", "status": 429, "retry_after": 1, "count": 1},
+                         {"method": "sendMessage", "status": 502, "count": 1}]
+        started = time.monotonic()
+        api.add_update(private_message(30, FRIEND, "расскажи"))
+        await until(lambda: sum(len(t) for t in h.texts(FRIEND)) >= len(long) - 10, timeout=15)
+        assert time.monotonic() - started >= 1.0  # waited what Telegram asked
+        parts = h.texts(FRIEND)
+        assert len(parts) == 3 and all(len(p) <= 4096 for p in parts)
+        assert " ".join(parts) == long and all(p.endswith(".") for p in parts)
+        assert api.calls.count("sendMessage") == 5  # 3 delivered + the 429 and the 502
+        await h.stop()
+
+    scenario(body, monkeypatch)
+
+
+def test_no_loss_and_no_duplicate_across_restarts(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clone = StubClone(lambda h: [f"re: {h[-1]['content']}"])
+    state = tmp_path / "s.sqlite"
+
+    async def body(api: FakeBotAPI) -> None:
+        h = Harness(api, clone, fast_config(debounce_seconds=1.0), state)
+        h.start()
+        first = private_message(40, FRIEND, "раз")
+        api.add_update(first)
+        await until(lambda: h.texts(FRIEND) == ["re: раз"])
+        api.add_update(private_message(41, FRIEND, "два"))
+        await asyncio.sleep(0.4)  # received and stored, still in the debounce wait
+        await h.crash()
+        assert h.texts(FRIEND) == ["re: раз"]
+
+        api.add_update(first)  # Telegram re-delivers an update whose handling it never saw confirmed
+        h.start()
+        await until(lambda: "re: два" in h.texts(FRIEND))
+        await asyncio.sleep(1.5)
+        assert h.texts(FRIEND) == ["re: раз", "re: два"]
+        await h.stop()
+
+    scenario(body, monkeypatch)
+
+
+def business_connection(conn_id: str, can_reply: bool = True, enabled: bool = True) -> dict[str, Any]:
+    return {"business_connection": {"id": conn_id, "user": {"id": OWNER, "is_bot": False, "first_name": "Owner"},
+                                    "user_chat_id": OWNER, "date": int(time.time()), "is_enabled": enabled,
+                                    "rights": {"can_reply": can_reply}}}
+
+
+def business_message(message_id: int, chat: int, sender: int, text: str, conn: str = "bc1",
+                     date: int | None = None) -> dict[str, Any]:
+    return {"business_message": {"message_id": message_id, "date": date or int(time.time()), "text": text,
+                                 "business_connection_id": conn,
+                                 "chat": {"id": chat, "type": "private", "first_name": "Customer"},
+                                 "from": {"id": sender, "is_bot": False, "first_name": "Someone"}}}
+
+
+def test_business_bot(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clone = StubClone(lambda h: [f"re: {h[-1]['content']}"])
+    customer, other, readonly = 501, 502, 503
+
+    async def body(api: FakeBotAPI) -> None:
+        h = Harness(api, clone, fast_config(allow=[], quiet_after_owner_seconds=600), tmp_path / "b.sqlite", "business")
+        h.start()
+        api.add_update(business_connection("bc1"))
+        api.add_update(business_message(1, customer, customer, "здравствуйте, вы работаете?"))
+        await until(lambda: bool(h.texts(customer)))
+        assert h.texts(customer) == ["re: здравствуйте, вы работаете?"]
+        assert api.sent[-1]["business_connection_id"] == "bc1"
+        assert any(a["business_connection_id"] == "bc1" for a in api.actions)
+
+        api.add_update(business_message(2, other, OWNER, "сейчас сам отвечу"))  # the owner wrote in this chat
+        api.add_update(business_message(3, other, other, "ок, жду"))
+        await asyncio.sleep(1.0)
+        assert h.texts(other) == []
+
+        api.add_update(business_connection("bc2", can_reply=False))
+        api.add_update(business_message(4, readonly, readonly, "hello", conn="bc2"))
+        api.add_update(business_message(5, customer, customer, "старое", date=int(time.time()) - 2 * 86400))
+        await asyncio.sleep(1.0)
+        assert h.texts(readonly) == [] and h.texts(customer) == ["re: здравствуйте, вы работаете?"]
+        await h.stop()
+
+    scenario(body, monkeypatch)
+
+
+def test_a_tiny_clone_answers_through_the_bot(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                              tiny_clone: Path) -> None:
+    from llmclone.clone import LLMClone
+
+    clone = LLMClone.load(tiny_clone)
+
+    async def body(api: FakeBotAPI) -> None:
+        h = Harness(api, clone, fast_config(max_new_tokens=12, temperature=0), tmp_path / "t.sqlite")
+        h.start()
+        api.add_update(private_message(1, FRIEND, "привет! как дела?"))
+        await until(lambda: bool(api.actions) and bool(Store(tmp_path / "t.sqlite").stats()["waiting"] == 0), 30)
+        await h.stop()
+        expected = clone.reply([{"role": "user", "content": "привет! как дела?"}], temperature=0, max_new_tokens=12)
+        assert h.texts(FRIEND) == [m for m in expected if m.strip()]
+
+    scenario(body, monkeypatch)
+
+
+def test_missing_token_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from llmclone.errors import UserError
+
+    monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
+    with pytest.raises(UserError, match="TELEGRAM_BOT_TOKEN"):
+        asyncio.run(bot.run(StubClone(), fast_config(), str(tmp_path / "s.sqlite"), "bot"))
