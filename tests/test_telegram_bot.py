@@ -268,3 +268,35 @@ def test_missing_token_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.delenv("TELEGRAM_BOT_TOKEN", raising=False)
     with pytest.raises(UserError, match="TELEGRAM_BOT_TOKEN"):
         asyncio.run(bot.run(StubClone(), fast_config(), str(tmp_path / "s.sqlite"), "bot"))
+
+
+def test_guard_blocks_connections_beyond_loopback() -> None:
+    import socket
+
+    with socket.socket() as s, pytest.raises(AssertionError, match="must stay on"):
+        s.connect(("149.154.167.50", 443))  # a Telegram data centre
+
+
+def test_telegram_commands_bad_input(tiny_clone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import subprocess
+    import sys
+
+    def llmclone(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        environ = {k: v for k, v in os.environ.items()
+                   if k not in ("TELEGRAM_BOT_TOKEN", "TG_API_ID", "TG_API_HASH", "TG_SESSION")}
+        return subprocess.run([sys.executable, "-m", "llmclone", "telegram", *args], capture_output=True, text=True,
+                              timeout=120, env={**environ, "LLMCLONE_HOME": str(tmp_path), **env})
+
+    no_owner = llmclone("bot", str(tiny_clone), TELEGRAM_BOT_TOKEN=TOKEN)
+    assert no_owner.returncode == 2 and "--owner-id" in no_owner.stderr
+    no_token = llmclone("bot", str(tiny_clone), "--owner-id", "5")
+    assert no_token.returncode == 2 and "TELEGRAM_BOT_TOKEN" in no_token.stderr and "Traceback" not in no_token.stderr
+    bad = tmp_path / "tg.toml"
+    bad.write_text("[telegram]\ndebounce_seconds = -1\n")
+    result = llmclone("bot", str(tiny_clone), "--config", str(bad), "--owner-id", "5", TELEGRAM_BOT_TOKEN=TOKEN)
+    assert result.returncode == 2 and "debounce_seconds" in result.stderr
+    no_session = llmclone("userbot", str(tiny_clone), TG_API_ID="123", TG_API_HASH="abc")
+    assert no_session.returncode == 2 and "llmclone telegram login" in no_session.stderr
+    bad_id = llmclone("userbot", str(tiny_clone), TG_API_ID="abc", TG_API_HASH="abc")
+    assert bad_id.returncode == 2 and "TG_API_ID" in bad_id.stderr

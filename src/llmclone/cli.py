@@ -200,6 +200,66 @@ def export(
         typer.echo(f"GGUF written to {export_gguf(clone, gguf, force=force)} (prompt format beside it)")
 
 
+telegram_app = typer.Typer(help="Put the clone to work in Telegram: a bot, a Telegram Business bot, or your own account.",
+                           no_args_is_help=True)
+app.add_typer(telegram_app, name="telegram")
+
+_TG_CONFIG = typer.Option("--config", help="TOML file with the Telegram settings (a [telegram] table).")
+_TG_STATE = typer.Option("--state", help="SQLite state file (default: under LLMCLONE_HOME/telegram).")
+_TG_OWNER = typer.Option("--owner-id", help="Your Telegram user id: owner commands, and who the clone answers by default.")
+_TG_ALLOW = typer.Option("--allow", help="Another user id the clone may answer (repeatable).")
+
+
+def _telegram(mode: str, clone: Path, config: Path | None, state: Path | None, owner_id: int | None, allow: list[int] | None) -> None:
+    from llmclone.telegram.launch import launch
+
+    overrides = {"owner_id": owner_id, "allow": allow or None}
+    launch(mode, clone, config, overrides, state)
+
+
+@telegram_app.command("bot")
+def telegram_bot(
+    clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
+    config: Annotated[Path | None, _TG_CONFIG] = None,
+    state: Annotated[Path | None, _TG_STATE] = None,
+    owner_id: Annotated[int | None, _TG_OWNER] = None,
+    allow: Annotated[list[int] | None, _TG_ALLOW] = None,
+) -> None:
+    """People write to a bot and the clone answers (token in TELEGRAM_BOT_TOKEN). Only you and --allow'ed users."""
+    _telegram("bot", clone, config, state, owner_id, allow)
+
+
+@telegram_app.command("business")
+def telegram_business(
+    clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
+    config: Annotated[Path | None, _TG_CONFIG] = None,
+    state: Annotated[Path | None, _TG_STATE] = None,
+    owner_id: Annotated[int | None, _TG_OWNER] = None,
+    allow: Annotated[list[int] | None, _TG_ALLOW] = None,
+) -> None:
+    """The bot answers your private chats through Telegram Business (connect it in Settings → Telegram Business → Chatbots)."""
+    _telegram("business", clone, config, state, owner_id, allow)
+
+
+@telegram_app.command("userbot")
+def telegram_userbot(
+    clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
+    config: Annotated[Path | None, _TG_CONFIG] = None,
+    state: Annotated[Path | None, _TG_STATE] = None,
+    allow: Annotated[list[int] | None, _TG_ALLOW] = None,
+) -> None:
+    """The clone on your own account (TG_API_ID, TG_API_HASH; session from `login`). Drafts to Saved Messages by default."""
+    _telegram("userbot", clone, config, state, None, allow)
+
+
+@telegram_app.command("login")
+def telegram_login() -> None:
+    """Sign in to your account once (phone, code, 2FA) and keep the session, readable by you only."""
+    from llmclone.telegram.userbot import login
+
+    typer.echo(f"session saved to {login()} (mode 600); keep it secret: it is your account.")
+
+
 @app.command("eval")
 def eval_(
     clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],

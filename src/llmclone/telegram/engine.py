@@ -118,6 +118,7 @@ class Engine:
         self.waiting_timer: set[int] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopped: str | None = None
+        self.on_stop: Callable[[], None] | None = None
 
     # -- incoming ------------------------------------------------------------------------------------------
     def hard_filter(self, facts: ChatFacts) -> str | None:
@@ -182,6 +183,8 @@ class Engine:
         self.stopped = reason
         self.store.set("paused", True)
         log.error("clone stopped: %s", reason)
+        if self.on_stop is not None:
+            self.on_stop()
 
     def cancel(self) -> None:
         """Drop scheduled replies (the process is going away); the store still has them for `recover`."""
