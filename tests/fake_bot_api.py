@@ -3,7 +3,8 @@
 Bot methods (POST /bot<token>/<method>): getMe, getUpdates (offset, capped long-poll), sendMessage (400
 over 4096 characters), sendChatAction, editMessageText, deleteWebhook, getBusinessConnection.
 Control endpoints: POST /control/update (inject an update), GET /control/sent (what the bot sent),
-GET /control/actions, POST /control/fail ({"method", "status", "retry_after", "count", "delay"}).
+GET /control/actions, POST /control/fail ({"method", "status", "retry_after", "count", "delay"}; status 200
+with a delay is a slow answer).
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class FakeBotAPI:
                 failure["count"] = failure.get("count", 1) - 1
                 await asyncio.sleep(failure.get("delay", 0))
                 status = failure.get("status", 500)
+                if status == 200:
+                    break  # only slow: answer normally after the delay
                 body: dict[str, Any] = {"ok": False, "error_code": status, "description": failure.get("description", "error")}
                 if status == 429:
                     body["parameters"] = {"retry_after": failure.get("retry_after", 1)}

@@ -90,7 +90,11 @@ def scenario(body: Callable[[FakeBotAPI], Any], monkeypatch: pytest.MonkeyPatch)
     asyncio.run(main())
 
 
-def test_reply_typing_allowlist_and_owner_commands(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_reply_typing_allowlist_and_owner_commands(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
     clone = StubClone()
 
     async def body(api: FakeBotAPI) -> None:
@@ -132,8 +136,11 @@ def test_reply_typing_allowlist_and_owner_commands(env: None, monkeypatch: pytes
         audit = Store(tmp_path / "state.sqlite").audit()
         assert [a["text"] for a in audit if a["chat_id"] == FRIEND][:2] == ["re: привет", "ну как-то так)"]
         assert (tmp_path / "state.sqlite").stat().st_mode & 0o077 == 0
+        logging.getLogger("aiogram.client").warning("request failed: %s", f"{api.url}/bot{TOKEN}/getMe")
 
     scenario(body, monkeypatch)
+    assert "running as @clone_test_bot" in caplog.text and "<secret>" in caplog.text
+    assert TOKEN not in caplog.text and TOKEN.split(":")[1] not in caplog.text
 
 
 def test_debounce_answers_a_burst_once(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -159,19 +166,26 @@ def test_long_reply_split_and_retries(env: None, monkeypatch: pytest.MonkeyPatch
     clone = StubClone(lambda h: [long])
 
     async def body(api: FakeBotAPI) -> None:
+        import aiohttp
+
         h = Harness(api, clone, fast_config(), tmp_path / "s.sqlite")
         h.start()
-        api.failures += [{"method": "sendMessage", "status": 429, "retry_after": 1, "count": 1},
-                         {"method": "sendMessage", "status": 502, "count": 1}]
-        started = time.monotonic()
-        api.add_update(private_message(30, FRIEND, "расскажи"))
-        await until(lambda: sum(len(t) for t in h.texts(FRIEND)) >= len(long) - 10, timeout=15)
-        assert time.monotonic() - started >= 1.0  # waited what Telegram asked
-        parts = h.texts(FRIEND)
+        async with aiohttp.ClientSession(api.url) as control:  # the server's HTTP control endpoints
+            for failure in ({"method": "sendMessage", "status": 429, "retry_after": 1, "count": 1},
+                            {"method": "sendMessage", "status": 502, "count": 1},
+                            {"method": "sendChatAction", "status": 200, "delay": 1.5, "count": 1}):
+                await control.post("/control/fail", json=failure)
+            started = time.monotonic()
+            await control.post("/control/update", json=private_message(30, FRIEND, "расскажи"))
+            await until(lambda: sum(len(t) for t in h.texts(FRIEND)) >= len(long) - 10, timeout=15)
+            assert time.monotonic() - started >= 1.0  # waited what Telegram asked
+            parts = [s["text"] for s in await (await control.get("/control/sent")).json()]
         assert len(parts) == 3 and all(len(p) <= 4096 for p in parts)
         assert " ".join(parts) == long and all(p.endswith(".") for p in parts)
         assert api.calls.count("sendMessage") == 5  # 3 delivered + the 429 and the 502
         await h.stop()
+        state = sorted(tmp_path.glob("s.sqlite*"))
+        assert state and all(f.stat().st_mode & 0o077 == 0 for f in state)
 
     scenario(body, monkeypatch)
 

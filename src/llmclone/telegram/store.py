@@ -32,12 +32,15 @@ CREATE TABLE IF NOT EXISTS drafts (
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with private_umask():
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, mode=0o700)
+        with private_umask():  # the database and its -wal/-shm side files: owner only
             self.db = sqlite3.connect(self.path, isolation_level=None)  # autocommit: each write is durable at once
-        os.chmod(self.path, PRIVATE_FILE)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+        for side in (self.path, self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm")):
+            if side.exists():
+                os.chmod(side, PRIVATE_FILE)
 
     def close(self) -> None:
         self.db.close()
