@@ -228,3 +228,13 @@ def test_eval_bad_input(tiny_clone: Path, example_dataset: Path, tmp_path: Path)
     result = _llmclone("eval", str(orphan), "--data", str(example_dataset), "--out", str(tmp_path / "r"))
     assert result.returncode == 2 and "not available here" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_eval_command(tiny_clone: Path, example_dataset: Path, tmp_path: Path) -> None:
+    result = _llmclone("eval", str(tiny_clone), "--data", str(example_dataset), "--out", str(tmp_path / "r"),
+                       "--limit", "3", "--no-probe", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "3 held-out replies of Lyosha Petrov" in result.stdout and "perplexity" in result.stdout
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["clones"][0].get("privacy_probe") is None
+    again = _llmclone("eval", str(tiny_clone), "--data", str(example_dataset), "--out", str(tmp_path / "r"), "--limit", "3")
+    assert again.returncode == 2 and "--force" in again.stderr

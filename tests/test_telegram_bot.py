@@ -215,6 +215,28 @@ def test_no_loss_and_no_duplicate_across_restarts(env: None, monkeypatch: pytest
     scenario(body, monkeypatch)
 
 
+def test_media_reach_the_clone_as_placeholders(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clone = StubClone(lambda h: ["ахах"])
+
+    async def body(api: FakeBotAPI) -> None:
+        h = Harness(api, clone, fast_config(), tmp_path / "m.sqlite")
+        h.start()
+        sticker = {"file_id": "s1", "file_unique_id": "u1", "type": "regular", "width": 512, "height": 512,
+                   "is_animated": False, "is_video": False, "emoji": "😀"}
+        photo = [{"file_id": "p1", "file_unique_id": "q1", "width": 90, "height": 90}]
+        voice = {"file_id": "v1", "file_unique_id": "w1", "duration": 7}
+        for i, extra in enumerate(({"sticker": sticker}, {"photo": photo, "caption": "смотри"}, {"voice": voice})):
+            update = private_message(60 + i, FRIEND, "")
+            del update["message"]["text"]
+            update["message"].update(extra)
+            api.add_update(update)
+        await until(lambda: bool(h.texts(FRIEND)))
+        await h.stop()
+        assert [m["content"] for m in clone.histories[0]] == ["<sticker 😀>", "<photo> смотри", "<voice 0:07>"]
+
+    scenario(body, monkeypatch)
+
+
 def business_connection(conn_id: str, can_reply: bool = True, enabled: bool = True) -> dict[str, Any]:
     return {"business_connection": {"id": conn_id, "user": {"id": OWNER, "is_bot": False, "first_name": "Owner"},
                                     "user_chat_id": OWNER, "date": int(time.time()), "is_enabled": enabled,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from telethon import TelegramClient, errors, functions, types
@@ -236,3 +237,75 @@ def test_flood_wait_is_waited_and_peer_flood_stops(tmp_path: Path) -> None:
         assert fake.to(FRIEND) == ["ок"]
 
     asyncio.run(main())
+
+
+def test_circuit_breaker_with_a_fake_clock() -> None:
+    from llmclone.telegram.engine import Breaker, CircuitOpen, with_retries
+
+    clock = Clock()
+    config = TelegramConfig(max_retries=10, breaker_failures=3, breaker_cooldown_seconds=60, backoff_seconds=1)
+    breaker = Breaker(config.breaker_failures, config.breaker_cooldown_seconds, clock)
+    slept: list[float] = []
+    calls = 0
+
+    class Gateway:
+        def classify(self, exc: BaseException) -> tuple[str, float] | None:
+            return ("retry", 0.0) if isinstance(exc, ConnectionError) else None
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def failing() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("down")
+
+    async def main() -> None:
+        with pytest.raises(CircuitOpen):
+            await with_retries(failing, Gateway(), config, breaker, sleep)  # type: ignore[arg-type]
+        assert calls == 3 and slept == [1, 2, 4]  # exponential backoff, then the breaker opens
+        with pytest.raises(CircuitOpen):
+            await with_retries(failing, Gateway(), config, breaker, sleep)  # type: ignore[arg-type]
+        assert calls == 3  # open: no call goes out
+        clock.now += 61
+
+        async def works() -> str:
+            return "ok"
+
+        assert await with_retries(works, Gateway(), config, breaker, sleep) == "ok"  # type: ignore[arg-type]
+        with pytest.raises(ValueError):  # not a transient error: raised at once, no retry
+            await with_retries(lambda: _raise(ValueError("bug")), Gateway(), config, breaker, sleep)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
+async def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def test_login_keeps_the_session_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import telethon.sync
+
+    from llmclone.telegram import userbot
+
+    class FakeClient:  # `start()` would ask for the phone, the code and the 2FA password
+        def __init__(self, session: Any, api_id: int, api_hash: str) -> None:
+            assert api_id == 12345 and api_hash == "abcdef0123"
+            self.session = type("S", (), {"save": lambda self: "1BVtsOK4Bu-secret-session"})()
+
+        def __enter__(self) -> FakeClient:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+    monkeypatch.setattr(telethon.sync, "TelegramClient", FakeClient)
+    monkeypatch.setenv("LLMCLONE_HOME", str(tmp_path))
+    monkeypatch.setenv("TG_API_ID", "12345")
+    monkeypatch.setenv("TG_API_HASH", "abcdef0123")
+    monkeypatch.delenv("TG_SESSION", raising=False)
+    path = userbot.login()
+    assert path.read_text() == "1BVtsOK4Bu-secret-session" and path.stat().st_mode & 0o077 == 0
+    assert userbot.read_session() == "1BVtsOK4Bu-secret-session"
+    monkeypatch.setenv("TG_SESSION", "from-env")
+    assert userbot.read_session() == "from-env"
