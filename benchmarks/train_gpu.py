@@ -110,14 +110,14 @@ def run_original(model_path: Path, data: Path, tokens: int) -> dict:
     return timer.result(seen["real"], losses)
 
 
-def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool) -> dict:
+def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_tokens: int = 8192) -> dict:
     from llmclone.config import TrainConfig
     from llmclone.models.base_models import resolve
     from llmclone.training.data import training_samples
     from llmclone.training.trainer import _Session
 
-    config = TrainConfig(model=str(model_path), quantize="4bit" if quantize else None, batch_tokens=8192,
-                         max_steps=max(3, tokens // 8192), eval_steps=10**6, save_steps=10**6, logging_steps=1)
+    config = TrainConfig(model=str(model_path), quantize="4bit" if quantize else None, batch_tokens=batch_tokens,
+                         max_steps=max(3, tokens // batch_tokens), eval_steps=10**6, save_steps=10**6, logging_steps=1)
     session = _Session(resolve(str(model_path)), config, Path(f"/tmp/ours-{quantize}"), quiet=True)
     train, _ = training_samples(data, config)
     trainer = session.trainer(train, [])
@@ -163,13 +163,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=60000)
     parser.add_argument("--variant", choices=["original", "ours-qlora", "ours-lora"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/train_gpu"))
+    parser.add_argument("--batch-tokens", type=int, default=8192, help="ours: tokens per micro-step")
     args = parser.parse_args()
     path = build(args.arch, args.data, args.work)
     if args.variant:
         if args.variant == "original":
             result = run_original(path, args.data, args.tokens)
         else:
-            result = run_ours(path, args.data, args.tokens, quantize=args.variant == "ours-qlora")
+            result = run_ours(path, args.data, args.tokens, quantize=args.variant == "ours-qlora",
+                              batch_tokens=args.batch_tokens)
+            result["batch_tokens"] = args.batch_tokens
         gpus = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: tokens/s is for all GPUs together
         result["gpus"] = gpus
         result["mfu"] = result["tokens_per_s"] * 4 * non_embedding_params(path) / (PEAK_FLOPS * gpus)

@@ -309,3 +309,12 @@ def test_login_keeps_the_session_private(tmp_path: Path, monkeypatch: pytest.Mon
     assert userbot.read_session() == "1BVtsOK4Bu-secret-session"
     monkeypatch.setenv("TG_SESSION", "from-env")
     assert userbot.read_session() == "from-env"
+
+
+def test_echo_of_the_clones_own_message_is_not_the_owner_typing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite")
+    store.add_owner(FRIEND, 77, "ок", START, by_clone=True)
+    store.add_owner(FRIEND, 77, "ок", START, by_clone=False)  # the same message seen again as an outgoing update
+    assert store.chat(FRIEND)["owner_last"] == 0
+    store.add_owner(FRIEND, 78, "сам", START + 5, by_clone=False)
+    assert store.chat(FRIEND)["owner_last"] == START + 5

@@ -204,7 +204,7 @@ telegram_app = typer.Typer(help="Put the clone to work in Telegram: a bot, a Tel
                            no_args_is_help=True)
 app.add_typer(telegram_app, name="telegram")
 
-_TG_CONFIG = typer.Option("--config", help="TOML file with the Telegram settings (a [telegram] table).")
+_TG_CONFIG = typer.Option("--config", help="TOML file with the Telegram settings (a table named telegram).")
 _TG_STATE = typer.Option("--state", help="SQLite state file (default: under LLMCLONE_HOME/telegram).")
 _TG_OWNER = typer.Option("--owner-id", help="Your Telegram user id: owner commands, and who the clone answers by default.")
 _TG_ALLOW = typer.Option("--allow", help="Another user id the clone may answer (repeatable).")
@@ -217,28 +217,23 @@ def _telegram(mode: str, clone: Path, config: Path | None, state: Path | None, o
     launch(mode, clone, config, overrides, state)
 
 
-@telegram_app.command("bot")
-def telegram_bot(
-    clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
-    config: Annotated[Path | None, _TG_CONFIG] = None,
-    state: Annotated[Path | None, _TG_STATE] = None,
-    owner_id: Annotated[int | None, _TG_OWNER] = None,
-    allow: Annotated[list[int] | None, _TG_ALLOW] = None,
-) -> None:
-    """People write to a bot and the clone answers (token in TELEGRAM_BOT_TOKEN). Only you and --allow'ed users."""
-    _telegram("bot", clone, config, state, owner_id, allow)
+def _bot_command(mode: str, summary: str) -> None:
+    def command(
+        clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
+        config: Annotated[Path | None, _TG_CONFIG] = None,
+        state: Annotated[Path | None, _TG_STATE] = None,
+        owner_id: Annotated[int | None, _TG_OWNER] = None,
+        allow: Annotated[list[int] | None, _TG_ALLOW] = None,
+    ) -> None:
+        _telegram(mode, clone, config, state, owner_id, allow)
+
+    command.__doc__ = summary
+    telegram_app.command(mode)(command)
 
 
-@telegram_app.command("business")
-def telegram_business(
-    clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
-    config: Annotated[Path | None, _TG_CONFIG] = None,
-    state: Annotated[Path | None, _TG_STATE] = None,
-    owner_id: Annotated[int | None, _TG_OWNER] = None,
-    allow: Annotated[list[int] | None, _TG_ALLOW] = None,
-) -> None:
-    """The bot answers your private chats through Telegram Business (connect it in Settings → Telegram Business → Chatbots)."""
-    _telegram("business", clone, config, state, owner_id, allow)
+_bot_command("bot", "People write to a bot and the clone answers (token in TELEGRAM_BOT_TOKEN). Only you and --allow'ed users.")
+_bot_command("business", "The bot answers your private chats through Telegram Business (connect it in Settings → Telegram "
+             "Business → Chatbots).")
 
 
 @telegram_app.command("userbot")

@@ -54,9 +54,9 @@ class Store:
 
     def add_owner(self, chat_id: int, message_id: int, text: str, date: float, by_clone: bool) -> None:
         """A message from the owner's side: the clone's reply, or (userbot/business) one the owner typed."""
-        self.db.execute("INSERT OR IGNORE INTO messages (chat_id, message_id, role, content, date, answered) "
-                        "VALUES (?, ?, 'assistant', ?, ?, 1)", (chat_id, message_id, text, date))
-        if not by_clone:
+        cur = self.db.execute("INSERT OR IGNORE INTO messages (chat_id, message_id, role, content, date, answered) "
+                              "VALUES (?, ?, 'assistant', ?, ?, 1)", (chat_id, message_id, text, date))
+        if not by_clone and cur.rowcount == 1:  # an echo of the clone's own message is not the owner typing
             self.db.execute("INSERT INTO chats (chat_id, owner_last) VALUES (?, ?) ON CONFLICT(chat_id) "
                             "DO UPDATE SET owner_last = max(owner_last, excluded.owner_last)", (chat_id, date))
 
