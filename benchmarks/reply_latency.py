@@ -5,6 +5,11 @@
 A clone of the embedded model (trained for a few steps on the bundled example if --clone is not given), a
 280-token history, 40 new tokens, greedy; median over runs, each variant in the same process. Also time to
 first token. Target (issue 4): >= 5x lower latency than the fp32 baseline, replies unchanged.
+
+With llama-cpp-python installed, the `--engine llama.cpp` variants too (the clone exported to GGUF: f16,
+q8_0, q4_k_m), each timed from a cold KV cache and as the next turn of the same chat (the cached prefix is
+reused), plus what each does to the reply distribution: the owner-token loss on held-out samples (fp32 torch
+against each GGUF) and whether the greedy reply is the same.
 """
 
 from __future__ import annotations
@@ -107,6 +112,80 @@ def main() -> None:
     print(f"{'clone.reply (merged, fp32)':<44} {ours_s:>10.2f}")
     print(f"time to first token: {statistics.median(first[1:]):.2f} s")
     print(f"speed-up: {base_s / ours_s:.2f}x (target >= 5x)")
+    greedy = clone.reply(turns, temperature=0, max_new_tokens=NEW_TOKENS)
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama-cpp-python not installed: llama.cpp variants skipped")
+        return
+    clone_dir = args.clone or demo_clone()
+    samples = held_out(clone_dir)
+    torch_loss = owner_loss_torch(clone, samples)
+    print(f"\nheld-out owner-token loss, torch fp32: {torch_loss:.4f} ({len(samples)} samples)")
+    print(f"{'engine':<20} {'cold s':>7} {'next turn s':>12} {'first token s':>14} {'speed-up':>9} {'loss':>8}"
+          f" {'same greedy':>12}")
+    for quant in ("f16", "q8_0", "q4_k_m"):
+        fast = LLMClone.load(clone_dir, engine="llama.cpp", quant=quant)
+
+        def cold(fast: LLMClone = fast) -> None:
+            fast._llama.llm.reset()
+            fast.reply(turns, temperature=0, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+
+        def warm(fast: LLMClone = fast) -> None:
+            fast.reply(turns, temperature=0, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+
+        def first_token(fast: LLMClone = fast) -> None:
+            fast._llama.llm.reset()
+            fast.reply(turns, temperature=0, max_new_tokens=1)
+
+        cold_s, warm_s, first_s = timed(cold, args.runs), timed(warm, args.runs), timed(first_token, args.runs)
+        same = fast.reply(turns, temperature=0, max_new_tokens=NEW_TOKENS) == greedy
+        loss = owner_loss_gguf(fast, samples)
+        print(f"{'llama.cpp ' + quant:<20} {cold_s:>7.2f} {warm_s:>12.2f} {first_s:>14.2f} {base_s / cold_s:>8.2f}x "
+              f"{loss:>8.4f} {same!s:>12}")
+
+
+def held_out(clone_dir: Path, n: int = 24) -> list[list[dict[str, str]]]:
+    import json
+
+    data = HERE / ".work" / "reply" / "dataset" / "eval.jsonl"
+    rows = [json.loads(line)["messages"] for line in data.read_text(encoding="utf-8").splitlines()]
+    return rows[:n]
+
+
+def owner_loss_torch(clone, samples) -> float:  # type: ignore[no-untyped-def]
+    import torch.nn.functional as F
+
+    total = count = 0.0
+    for messages in samples:
+        ids, mask = clone.chat_format.encode(clone._tokenizer, messages, 512)
+        with torch.inference_mode():
+            logits = clone._model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, :-1].float()
+        keep = torch.tensor(mask[1:]).bool()
+        total += F.cross_entropy(logits[keep], torch.tensor(ids[1:])[keep], reduction="sum").item()
+        count += int(keep.sum())
+    return total / count
+
+
+def owner_loss_gguf(fast, samples) -> float:  # type: ignore[no-untyped-def]
+    """The same loss from llama.cpp's logits (a second context that keeps logits for every position)."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=fast._llama.llm.model_path, n_ctx=1024, logits_all=True, verbose=False)
+    total = count = 0.0
+    for messages in samples:
+        ids, mask = fast.chat_format.encode(fast._tokenizer, messages, 512)
+        llm.reset()
+        llm.eval(ids)
+        scores = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)
+        for pos in range(len(ids) - 1):
+            if mask[pos + 1]:
+                row = scores[pos]
+                top = row.max()
+                total += top + np.log(np.exp(row - top).sum()) - row[ids[pos + 1]]
+                count += 1
+    return total / count
 
 
 if __name__ == "__main__":

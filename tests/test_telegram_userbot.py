@@ -318,3 +318,14 @@ def test_echo_of_the_clones_own_message_is_not_the_owner_typing(tmp_path: Path) 
     assert store.chat(FRIEND)["owner_last"] == 0
     store.add_owner(FRIEND, 78, "сам", START + 5, by_clone=False)
     assert store.chat(FRIEND)["owner_last"] == START + 5
+
+
+def test_example_config_is_valid() -> None:
+    from llmclone.telegram.config import load_telegram_config
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "telegram.toml"
+    config = load_telegram_config(example)
+    assert config.owner_id == 123456789 and config.draft_mode and config.auto_send == []
+    assert set(TelegramConfig.model_fields) - {"max_retries", "backoff_seconds", "breaker_failures",
+                                                "breaker_cooldown_seconds", "business_reply_window_hours"} <= set(
+        __import__("tomllib").loads(example.read_text())["telegram"])  # every user-facing setting is shown

@@ -131,6 +131,9 @@ def demo(
     run_demo(out, model=model, steps=steps, quiet=quiet)
 
 
+_ENGINE = typer.Option("--engine", help="'torch' (exact, default) or 'llama.cpp' (several times faster on a CPU; q8_0 GGUF built once; needs llama-cpp-python).")
+
+
 def _sampling(temperature: float | None, max_new_tokens: int | None) -> dict:
     return {k: v for k, v in {"temperature": temperature, "max_new_tokens": max_new_tokens}.items() if v is not None}
 
@@ -142,6 +145,7 @@ def reply(
     as_json: Annotated[bool, typer.Option("--json", help="Print {\"messages\": [...]} for scripts.")] = False,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0 = greedy).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Longest reply, in tokens.")] = None,
+    engine: Annotated[str, _ENGINE] = "torch",
 ) -> None:
     """The clone's answer to one message: one line per message it would send."""
     from llmclone.clone import LLMClone
@@ -150,7 +154,7 @@ def reply(
     message = text if text is not None else sys.stdin.read().strip()
     if not message:
         raise UserError("no message to answer; give it as an argument or on stdin.")
-    reply_once(LLMClone.load(clone), message, as_json, sys.stdout, **_sampling(temperature, max_new_tokens))
+    reply_once(LLMClone.load(clone, engine=engine), message, as_json, sys.stdout, **_sampling(temperature, max_new_tokens))
 
 
 @app.command()
@@ -158,12 +162,13 @@ def chat(
     clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0 = greedy).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Longest reply, in tokens.")] = None,
+    engine: Annotated[str, _ENGINE] = "torch",
 ) -> None:
     """Talk with your clone in the terminal (/reset, /regen, /exit; end a line with \\ to continue it)."""
     from llmclone.clone import LLMClone
     from llmclone.terminal import chat_loop
 
-    loaded = LLMClone.load(clone)
+    loaded = LLMClone.load(clone, engine=engine)
     name = ((loaded.manifest or {}).get("owner") or {}).get("name") or "clone"
     chat_loop(loaded, sys.stdin, sys.stdout, name=name.split()[0].lower(), **_sampling(temperature, max_new_tokens))
 
@@ -174,12 +179,13 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on; keep 127.0.0.1 unless others must reach it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     api_key: Annotated[str | None, typer.Option(envvar="LLMCLONE_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY'.")] = None,
+    engine: Annotated[str, _ENGINE] = "torch",
 ) -> None:
     """Serve the clone over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
     from llmclone.serving.openai_api import serve as run_server
 
     typer.echo(f"serving {clone} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
-    run_server(str(clone), host=host, port=port, api_key=api_key)
+    run_server(str(clone), host=host, port=port, api_key=api_key, engine=engine)
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """`llmclone telegram userbot`: the clone on the owner's own account (Telethon, MTProto).
 
-Cautious by default (see docs/telegram.md): private chats with allowlisted people only; replies are
+Cautious by default (README, "llmclone telegram"): private chats with allowlisted people only; replies are
 drafts sent to the owner's Saved Messages, where the owner answers the draft with /ok (send it), /no
 (drop it) or their own text (send that instead); auto-send only for chats the owner opted in
 (`auto_send` in the config, or /auto ID in Saved Messages); never starts a conversation; ignores groups,
