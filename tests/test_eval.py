@@ -175,6 +175,8 @@ def test_report_for_a_tiny_clone(tiny_clone: Path, example_dataset: Path, tmp_pa
     assert a["perplexity"] == b["perplexity"]  # the same adapter twice: the same numbers
     assert a["trained_on_this_dataset"]
     assert set(a["style_distance"]["clone"]) == {*style.TRAITS, "mean"}
+    floor = a["style_distance"]["floor"]
+    assert floor["n"] == 6 and not floor["split_half"] and 0 <= floor["mean"] <= 1
     assert len(a["privacy_probe"]["answers"]) == len(PROMPTS)
     assert len(report["examples"]) == 6 and set(report["examples"][0]["clones"]) == {tiny_clone.name, "second"}
 
@@ -189,6 +191,22 @@ def test_report_for_a_tiny_clone(tiny_clone: Path, example_dataset: Path, tmp_pa
         limit=6, seed=3, sampling={"max_new_tokens": 8}, progress=False, probe=False))
     assert again["examples"] == [{**e, "clones": {tiny_clone.name: e["clones"][tiny_clone.name]}}
                                  for e in report["examples"]]  # deterministic given the seed
+
+
+def test_noise_floor_and_gap_ratio() -> None:
+    from llmclone.evaluation.evaluate import _add_floor
+
+    distance = {"clone": {"mean": 0.12}, "base": {"mean": 0.2}}
+    _add_floor(distance, {"mean": 0.1}, 50, False)
+    assert distance["gap_ratio"] == pytest.approx(0.2) and distance["floor"]["n"] == 50
+    better_than_floor = {"clone": {"mean": 0.05}, "base": {"mean": 0.2}}
+    _add_floor(better_than_floor, {"mean": 0.1}, 50, False)
+    assert better_than_floor["gap_ratio"] == 0
+    # two samples of the same replies' distribution sit near each other, far closer than a different style
+    rng = random.Random(5)
+    a, b = [_chatter(rng, False) for _ in range(300)], [_chatter(rng, False) for _ in range(300)]
+    loud = [_chatter(rng, True) for _ in range(300)]
+    assert style.distance(a, b)["mean"] < 0.1 < style.distance(a, loud)["mean"]
 
 
 def test_limit_takes_a_seeded_subset(example_dataset: Path) -> None:

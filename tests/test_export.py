@@ -55,3 +55,25 @@ def test_gguf_of_embedded_clone_loads_back_with_the_same_predictions(embedded_ho
     assert (ours - theirs).abs().max() < 0.1  # f16 weights
     assert ours.topk(5).indices.tolist() == theirs.topk(5).indices.tolist()
     assert out.with_name("clone.gguf.prompt.txt").is_file()
+
+    # the llama.cpp engine on the same clone: the GGUF is built once, cached, and predicts like the torch model
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is an optional engine")
+    from llama_cpp import Llama
+
+    from llmclone.models.llamacpp import clone_gguf
+
+    fast = LLMClone.load(tmp_path / "clone", engine="llama.cpp", quant="f16")
+    cached = clone_gguf(tmp_path / "clone", "f16")
+    assert cached.parent == embedded_home / "gguf" and cached.stat().st_mode & 0o077 == 0
+    llm = Llama(model_path=str(cached), n_ctx=256, logits_all=True, verbose=False)
+    llm.eval(ids)
+    cpp = torch.tensor(llm.scores[len(ids) - 1])
+    assert cpp.topk(5).indices.tolist() == ours.topk(5).indices.tolist()
+    streamed: list[str] = []
+    greedy = fast.reply([{"role": "user", "content": "привет! как дела?"}], temperature=0, max_new_tokens=12,
+                        on_message=streamed.append)
+    assert greedy == streamed and all("User:" not in m for m in greedy)
+    assert fast.reply([{"role": "user", "content": "привет! как дела?"}], temperature=0, max_new_tokens=12) == greedy
+    q8 = LLMClone.load(tmp_path / "clone", engine="llama.cpp", quant="q8_0")
+    assert clone_gguf(tmp_path / "clone", "q8_0").stat().st_size < cached.stat().st_size * 0.6
+    assert isinstance(q8.reply([{"role": "user", "content": "hi"}], max_new_tokens=8), list)

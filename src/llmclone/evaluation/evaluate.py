@@ -27,6 +27,7 @@ class Case:
     context: list[dict[str, str]]
     real: list[str]  # the owner's real reply, one item per message
     chat: str = ""
+    index: int = 0  # position in eval.jsonl
 
 
 @dataclass
@@ -50,7 +51,7 @@ def load_cases(data_dir: str | Path, limit: int | None, seed: int) -> tuple[list
         messages = row["messages"]
         if messages and messages[-1]["role"] == "assistant":
             real = [m for m in messages[-1]["content"].split("\n") if m.strip()]
-            cases.append(Case(messages[:-1], real, row.get("chat", "")))
+            cases.append(Case(messages[:-1], real, row.get("chat", ""), len(cases)))
     if not cases:
         raise UserError(f"{path} holds no held-out replies; ingest with a larger eval fraction (--eval-fraction) "
                         "or more history.")
@@ -58,6 +59,18 @@ def load_cases(data_dir: str | Path, limit: int | None, seed: int) -> tuple[list
         keep = sorted(random.Random(seed).sample(range(len(cases)), limit))
         cases = [cases[i] for i in keep]
     return cases, stats
+
+
+def real_reference(data_dir: str | Path, cases: list[Case], seed: int) -> tuple[list[list[str]], bool]:
+    """Other real replies of the owner, as many as the cases: the style distance between two sets of the
+    same person's replies is what "indistinguishable" measures at this sample size (its noise floor).
+    When every held-out reply is in use, the cases' own replies are split in halves (a higher floor)."""
+    everything, _ = load_cases(data_dir, None, seed)
+    used = {c.index for c in cases}
+    rest = [c.real for c in everything if c.index not in used]
+    if len(rest) >= max(len(cases) // 2, 10):
+        return random.Random(seed + 2).sample(rest, min(len(rest), len(cases))), False
+    return [c.real for c in cases[1::2]], True
 
 
 def check_same_owner(manifest: dict[str, Any], stats: dict[str, Any], clone_dir: Path, data_dir: Path) -> None:
@@ -80,9 +93,12 @@ def evaluate(clone_dirs: list[str | Path], data_dir: str | Path, out: str | Path
     with atomic_dir(out, force=force, what="report") as tmp:  # fails early if the report exists
         real = [c.real for c in cases]
         background = [[m["content"] for m in c.context if m["role"] == "user"] for c in cases]
+        reference, split_half = real_reference(data_dir, cases, options.seed)
+        floor = style.distance(real if not split_half else real[::2], reference)
         base_cache: dict[str, dict[str, Any]] = {}
         results = [_evaluate_clone(d, m, cases, options, base_cache) for d, m in zip(clone_dirs, manifests, strict=True)]
         for r, manifest in zip(results, manifests, strict=True):
+            _add_floor(r["summary"]["style_distance"], floor, len(reference), split_half)
             r["summary"]["trained_on_this_dataset"] = manifest.get("dataset", {}).get("digest") == stats.get("dataset_digest")
         report = {
             "dataset": {"dir": str(Path(data_dir).absolute()), "owner": stats.get("owner", {}).get("name"),
@@ -160,6 +176,15 @@ def _answer_all(clone: Any, cases: list[Case], options: EvalOptions, sampling: d
         torch.manual_seed(options.seed * 1_000_003 + i)
         replies.append(clone.reply(case.context, keep_media_tags=True, base=base, **sampling))
     return losses, replies
+
+
+def _add_floor(distance: dict[str, Any], floor: dict[str, float], n: int, split_half: bool) -> None:
+    """The noise floor and the gap above it: (clone - floor) / (base - floor), the share of the base model's
+    excess distance that is left; sampling noise alone keeps the raw ratio near 1 on small sets."""
+    distance["floor"] = {**_round(floor), "n": n, "split_half": split_half}
+    gap_clone = max(distance["clone"]["mean"] - floor["mean"], 0.0)
+    gap_base = distance["base"]["mean"] - floor["mean"]
+    distance["gap_ratio"] = round(gap_clone / gap_base, 4) if gap_base > 0 else None
 
 
 def _round(d: dict[str, float]) -> dict[str, float]:

@@ -103,7 +103,8 @@ def _scores_plot(report: dict[str, Any]) -> bytes:
     names = [c["name"] for c in report["clones"]]
     panels = [
         ("perplexity of the real replies (lower = less surprised)", lambda c, k: c["perplexity"][k]),
-        ("style distance to the real replies (lower = closer)", lambda c, k: c["style_distance"][k]["mean"]),
+        ("style distance to the real replies (lower = closer; dashed: real vs real)",
+         lambda c, k: c["style_distance"][k]["mean"]),
         ("classifier accuracy real vs generated (0.5 = indistinguishable)",
          lambda c, k: c["distinguishability"][k]["accuracy"]),
     ]
@@ -115,6 +116,8 @@ def _scores_plot(report: dict[str, Any]) -> bytes:
         ax.bar_label(bars, fmt="%.3g", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
+        if "style" in title:
+            ax.axhline(report["clones"][0]["style_distance"]["floor"]["mean"], color="k", lw=0.8, ls="--")
         if "accuracy" in title:
             ax.axhline(0.5, color="k", lw=0.8, ls="--")
             ax.set_ylim(0, 1)
@@ -188,13 +191,17 @@ def _html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
             + ("" if c.get("trained_on_this_dataset", True) else "<br><span class='leak'>trained on another dataset "
                "(held-out cases may have been seen)</span>") + "</td>"
             f"<td>{p['clone']:.2f} / {p['base']:.2f} ({p['ratio']:.2f})</td>"
-            f"<td>{s['clone']['mean']:.3f} / {s['base']['mean']:.3f} ({_e(s['ratio'])})</td>"
+            f"<td>{s['clone']['mean']:.3f} / {s['base']['mean']:.3f} ({_e(s['ratio'])})<br><span class='small'>"
+            f"real vs real: {s['floor']['mean']:.3f}; gap ratio {_e(s['gap_ratio'])}</span></td>"
             f"<td>{c['chrf']['clone']} / {c['chrf']['base']}</td>"
             f"<td>{dis['clone']['accuracy']:.2f} [{dis['clone']['ci95'][0]:.2f}, {dis['clone']['ci95'][1]:.2f}]</td>"
             f"<td>{dis['base']['accuracy']:.2f}</td><td>{probe_cell}</td></tr>")
     parts.append("</table><p class='small'>Perplexity: how surprised each model is by the owner's real replies (lower is "
                  "better). Style distance: mean Jensen-Shannon distance over message length, messages per turn, emoji, "
-                 "endings, capitalisation, alphabet, media and word use (0 = identical, 1 = nothing in common). "
+                 "endings, capitalisation, alphabet, media and word use (0 = identical, 1 = nothing in common). Two sets of "
+                 "your own replies are not at 0 either: 'real vs real' is the distance between these replies and as "
+                 "many others of yours (the noise floor at this sample size); the gap ratio is (clone − floor) / "
+                 "(base − floor). "
                  "Classifier: cross-validated logistic regression on style features; 0.5 means it cannot tell the "
                  "clone's replies from the real ones.</p>")
     parts.append(_img(plots["scores.png"], "scores"))

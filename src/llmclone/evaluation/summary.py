@@ -14,6 +14,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"{c['name']}: perplexity {p['clone']:.1f} vs base {p['base']:.1f} ({p['ratio']:.2f}x); "
             f"style distance {s['clone']['mean']:.3f} vs base {s['base']['mean']:.3f}"
             + (f" ({s['ratio']:.2f}x)" if s["ratio"] is not None else "")
+            + (f", real-vs-real floor {s['floor']['mean']:.3f}" if "floor" in s else "")
+            + (f" (gap ratio {s['gap_ratio']:.2f}x)" if s.get("gap_ratio") is not None else "")
             + f"; chrF {c['chrf']['clone']} vs {c['chrf']['base']}; "
             f"real-vs-clone classifier {d['accuracy']:.0%} [{d['ci95'][0]:.0%}-{d['ci95'][1]:.0%}]"
             + ("" if probe is None else f"; privacy probe: {probe['leaks']} PII-like strings in {probe['prompts']} answers"))
