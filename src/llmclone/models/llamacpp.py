@@ -11,10 +11,12 @@ speed and the held-out loss of each quantisation.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +67,26 @@ def _quantize(src: Path, dest: Path, ftype: int) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = os.cpu_count() or 1
-    if llama_cpp.llama_model_quantize(str(src).encode(), str(dest).encode(), params) != 0:
+    with _quiet_stderr():  # llama.cpp reports every tensor on the C stderr
+        failed = llama_cpp.llama_model_quantize(str(src).encode(), str(dest).encode(), params)
+    if failed:
         raise UserError(f"llama.cpp could not quantise {src}.")
+
+
+@contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
 
 
 class LlamaCppEngine:
@@ -76,8 +96,10 @@ class LlamaCppEngine:
         require()
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(), verbose=False,
-                         logits_all=False)
+        with _quiet_stderr():
+            self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(), verbose=False,
+                             logits_all=False)
+        atexit.register(self.llm.close)  # before interpreter teardown, when llama.cpp's own finaliser fails
 
     def generate(self, ids: list[int], params: dict[str, Any], stop_ids: list[int],
                  should_stop: Callable[[list[int]], bool], on_token: Callable[[int], None] | None = None) -> list[int]:
