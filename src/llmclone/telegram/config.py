@@ -10,7 +10,7 @@ import logging
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -44,7 +44,8 @@ class TelegramConfig(BaseModel):
     backoff_seconds: float = Field(1.0, ge=0)
     breaker_failures: int = Field(5, ge=1)  # consecutive failed sends that open the circuit breaker
     breaker_cooldown_seconds: float = Field(300, ge=0)
-    # sampling for replies
+    # replies
+    engine: Literal["torch", "llama.cpp"] = "torch"  # llama.cpp: faster on a CPU (needs llama-cpp-python)
     temperature: float = Field(0.8, ge=0)
     max_new_tokens: int = Field(80, ge=1)
 

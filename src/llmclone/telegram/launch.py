@@ -37,7 +37,7 @@ def launch(mode: str, clone_dir: Path, config_path: Path | None, overrides: dict
     for noisy in ("aiogram.event", "httpx", "telethon.network"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     state = state or default_state(mode, clone_dir)
-    clone = LLMClone.load(clone_dir)
+    clone = LLMClone.load(clone_dir, engine=config.engine)
     if mode in ("bot", "business"):
         from llmclone.telegram import bot
 
