@@ -58,7 +58,7 @@ class LLMClone:
         `merge=True` folds the adapter into the weights (replies are faster: an unmerged LoRA costs a
         third or more per token); `merge=False` keeps it apart, so `reply(base=True)` can switch it off.
         `engine="llama.cpp"` replies with llama.cpp on the clone exported to a `quant` GGUF (built once and
-        cached; needs llama-cpp-python): several times faster on a CPU, at slightly lower precision.
+        cached; needs llama-cpp-python): 2-3x faster on a CPU, at slightly lower precision.
         """
         manifest = read_manifest(clone_dir)
         clone = cls(CloneConfig(model_name=manifest["base_model"]["spec"]))
