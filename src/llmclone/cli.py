@@ -14,7 +14,7 @@ from llmclone.errors import UserError
 app = typer.Typer(
     name="llmclone",
     help="Turn your chat history into a language model that writes like you.\n\n"
-    "Pipeline: ingest (export → dataset) → train (dataset → clone) → chat / reply / serve / export / eval. `llmclone demo` runs it all on the "
+    "Pipeline: ingest (export → dataset) → train (dataset → clone) → chat / reply / serve / export / eval / telegram. `llmclone demo` runs it all on the "
     "bundled example.",
     no_args_is_help=True,
     add_completion=False,
