@@ -94,7 +94,7 @@ async def with_retries(call: Callable[[], Awaitable[Any]], gateway: Gateway, con
             if attempt > config.max_retries:
                 raise
             delay = seconds if kind == "wait" else config.backoff_seconds * 2 ** (attempt - 1)
-            log.warning("telegram call failed (%s); retrying in %.1f s", type(exc).__name__, delay)
+            log.warning("telegram call failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
             await sleep(delay)
             continue
         breaker.succeeded()
