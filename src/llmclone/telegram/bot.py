@@ -79,7 +79,7 @@ def build_dispatcher(engine: Engine, store: Store, config: TelegramConfig, mode:
         return bool(m.from_user and config.owner_id is not None and m.from_user.id == config.owner_id)
 
     async def say(m: Message, text: str) -> None:
-        await engine._try(lambda: engine.gateway.send(m.chat.id, text, None))
+        await engine.call(lambda: engine.gateway.send(m.chat.id, text, None))
 
     if mode == "bot":
         @router.message(Command("start", "help"))

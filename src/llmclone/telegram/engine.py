@@ -247,18 +247,19 @@ class Engine:
         for i, part in enumerate(parts):
             if i:
                 await self.sleep(self.config.pause_between_messages)
-            await self._try(lambda: self.gateway.typing(chat_id, conn), required=False)
+            await self.call(lambda: self.gateway.typing(chat_id, conn), required=False)
             await self.sleep(self.policy.typing_seconds(part))
-            message_id = await self._try(lambda p=part: self.gateway.send(chat_id, p, conn))
+            message_id = await self.call(lambda p=part: self.gateway.send(chat_id, p, conn))
             now = self.clock()
             self.store.add_owner(chat_id, int(message_id), part, now, by_clone=True)
             self.store.log_sent(chat_id, part, now, self.mode)
             if upto is not None and i == 0:
                 self.store.mark_answered(chat_id, upto)
 
-    async def _try(self, call: Callable[[], Awaitable[Any]], required: bool = True) -> Any:
+    async def call(self, request: Callable[[], Awaitable[Any]], required: bool = True) -> Any:
+        """One Telegram call with retries; `required=False` for cosmetic ones (typing) whose failure is ignored."""
         try:
-            return await with_retries(call, self.gateway, self.config, self.breaker, self.sleep)
+            return await with_retries(request, self.gateway, self.config, self.breaker, self.sleep)
         except (StopClone, CircuitOpen):
             raise
         except Exception:

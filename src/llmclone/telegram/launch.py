@@ -5,18 +5,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from llmclone.errors import UserError
+from llmclone.models.base_models import home
 from llmclone.telegram.config import load_telegram_config, secret
 
 
 def default_state(mode: str, clone_dir: Path) -> Path:
-    home = Path(os.environ.get("LLMCLONE_HOME") or Path.home() / ".cache" / "llmclone")
     key = hashlib.sha256(str(clone_dir.absolute()).encode()).hexdigest()[:8]
-    return home / "telegram" / f"{mode}-{clone_dir.name}-{key}.sqlite"
+    return home() / "telegram" / f"{mode}-{clone_dir.name}-{key}.sqlite"
 
 
 def launch(mode: str, clone_dir: Path, config_path: Path | None, overrides: dict[str, Any], state: Path | None) -> None:

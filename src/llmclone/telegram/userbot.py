@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmclone.errors import UserError
+from llmclone.models.base_models import home
 from llmclone.telegram.config import TelegramConfig, install_log_redaction, secret
 from llmclone.telegram.engine import Engine, Incoming
 from llmclone.telegram.media import telethon_text
@@ -107,7 +108,7 @@ class Userbot:
     # -- drafts and the owner's commands in Saved Messages -------------------------------------------------
     async def suggest(self, chat_id: int, parts: list[str], upto: int) -> None:
         body = "\n".join(parts)
-        note = await self.engine._try(lambda: self.client.send_message(
+        note = await self.engine.call(lambda: self.client.send_message(
             "me", f"🤖 Draft reply for chat {chat_id}:\n\n{body}\n\n{DRAFT_HELP}"))
         self.store.add_draft(note.id, chat_id, body, upto)
 
@@ -145,12 +146,11 @@ class Userbot:
         await self.note(f"sent to chat {draft['chat_id']}")
 
     async def note(self, text: str) -> None:
-        await self.engine._try(lambda: self.client.send_message("me", text), required=False)
+        await self.engine.call(lambda: self.client.send_message("me", text), required=False)
 
 
 def session_file() -> Path:
-    home = Path(os.environ.get("LLMCLONE_HOME") or Path.home() / ".cache" / "llmclone")
-    return home / "telegram" / "userbot.session"
+    return home() / "telegram" / "userbot.session"
 
 
 def read_session() -> str:
