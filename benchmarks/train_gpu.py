@@ -110,14 +110,19 @@ def run_original(model_path: Path, data: Path, tokens: int) -> dict:
     return timer.result(seen["real"], losses)
 
 
-def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_tokens: int = 8192) -> dict:
+def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_tokens: int = 8192,
+             attention: str = "auto", plain_loss: bool = False) -> dict:
     from llmclone.config import TrainConfig
     from llmclone.models.base_models import resolve
+    from llmclone.training import loss
     from llmclone.training.data import training_samples
     from llmclone.training.trainer import _Session
 
     config = TrainConfig(model=str(model_path), quantize="4bit" if quantize else None, batch_tokens=batch_tokens,
-                         max_steps=max(3, tokens // batch_tokens), eval_steps=10**6, save_steps=10**6, logging_steps=1)
+                         max_steps=max(3, tokens // batch_tokens), eval_steps=10**6, save_steps=10**6, logging_steps=1,
+                         attention=attention)
+    if plain_loss:  # the logits path: full logits at the owner positions, F.cross_entropy
+        loss.frozen_head = lambda model: None
     session = _Session(resolve(str(model_path)), config, Path(f"/tmp/ours-{quantize}"), quiet=True)
     train, _ = training_samples(data, config)
     trainer = session.trainer(train, [])
@@ -126,7 +131,10 @@ def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_to
     torch.cuda.reset_peak_memory_stats()
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return timer.result(trainer._total_train_tokens, losses)
+    result = timer.result(trainer._total_train_tokens, losses)
+    result["attention"] = trainer.model.config._attn_implementation
+    result["losses"] = [round(x, 4) for x in losses]
+    return result
 
 
 class _Timer:
@@ -164,6 +172,8 @@ def main() -> None:
     parser.add_argument("--variant", choices=["original", "ours-qlora", "ours-lora"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/train_gpu"))
     parser.add_argument("--batch-tokens", type=int, default=8192, help="ours: tokens per micro-step")
+    parser.add_argument("--attention", default="auto", help="ours: auto, varlen, sdpa")
+    parser.add_argument("--plain-loss", action="store_true", help="ours: full logits at the owner positions")
     args = parser.parse_args()
     path = build(args.arch, args.data, args.work)
     if args.variant:
@@ -171,7 +181,7 @@ def main() -> None:
             result = run_original(path, args.data, args.tokens)
         else:
             result = run_ours(path, args.data, args.tokens, quantize=args.variant == "ours-qlora",
-                              batch_tokens=args.batch_tokens)
+                              batch_tokens=args.batch_tokens, attention=args.attention, plain_loss=args.plain_loss)
             result["batch_tokens"] = args.batch_tokens
         gpus = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: tokens/s is for all GPUs together
         result["gpus"] = gpus

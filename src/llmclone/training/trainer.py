@@ -3,8 +3,10 @@
 What makes it fast on short, uneven chat samples (see shared/docs/performance.md):
 - padding-free packing (best-fit decreasing into rows of `batch_tokens`), with position ids that restart
   at every sample so packed samples never attend to each other;
-- the loss only on the owner's tokens, with logits computed only at those positions (Gemma's 262k-token
-  vocabulary makes the output layer most of the model; see loss.py);
+- the loss only on the owner's tokens, with logits computed only at those positions and a chunk at a time
+  (Gemma's 262k-token vocabulary makes the output layer most of the model; see loss.py);
+- on a GPU, variable-length Flash Attention over the packed samples instead of a mask over the whole row
+  (attention.py); frozen weights stay in bf16 (peft's k-bit preparation would cast ~1 GiB of them to fp32);
 - gradient checkpointing only where memory asks for it, bf16 where the hardware has it.
 
 Work in progress lives in `<clone>.partial/` (checkpoints, metrics) so `--resume` can continue it;
@@ -22,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from llmclone.config import TrainConfig, cpu_or_gpu_batch_tokens
+from llmclone.config import TrainConfig, batch_tokens_for
 from llmclone.dataset.io import PRIVATE_DIR, atomic_dir, private_umask, write_json
 from llmclone.errors import UserError
 from llmclone.manifest import FORMAT_VERSION, library_versions
@@ -72,7 +74,7 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
             trainer.train(resume_from_checkpoint=_latest_checkpoint(work) if resume else None)
         except RuntimeError as err:
             if "out of memory" in str(err).lower() or "can't allocate memory" in str(err).lower():
-                tokens = cpu_or_gpu_batch_tokens(config.batch_tokens)
+                tokens = batch_tokens_for(config)
                 raise UserError(f"ran out of memory; lower batch_tokens (now {tokens}) or max_length "
                                 f"(now {config.max_length}), or use --quantize 4bit.") from None
             raise
@@ -142,7 +144,7 @@ class _Session:
             per_device_train_batch_size=1,
             per_device_eval_batch_size=1,
             gradient_accumulation_steps=config.gradient_accumulation,
-            max_length=cpu_or_gpu_batch_tokens(config.batch_tokens),
+            max_length=batch_tokens_for(config),
             packing=True,
             packing_strategy="bfd",
             padding_free=True,
@@ -202,8 +204,16 @@ def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from llmclone.training import attention
+
     cuda = torch.cuda.is_available()
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32}
+    implementation = config.attention
+    if implementation == "auto":
+        implementation = "varlen" if attention.available() else "sdpa"
+    elif implementation == "varlen" and not attention.available():
+        raise UserError("attention = 'varlen' needs a CUDA GPU and PyTorch >= 2.10; use 'auto' or 'sdpa'.")
+    kwargs["attn_implementation"] = attention.register() if implementation == "varlen" else implementation
     if config.quantize == "4bit":
         try:
             import bitsandbytes  # noqa: F401
@@ -220,10 +230,10 @@ def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
         model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
     except OSError as err:
         raise UserError(f"cannot load the base model from {base.path} ({err}); check --model.") from None
-    if config.quantize == "4bit":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    # Frozen, and left in the loaded dtype: peft's prepare_model_for_kbit_training would cast the embeddings,
+    # output layer and norms of a bf16 model to fp32 (~1 GiB more on a 7B model) for no gain with frozen weights.
+    for param in model.parameters():
+        param.requires_grad = False
     model.config.use_cache = False
     return model
 

@@ -1,0 +1,83 @@
+"""Variable-length attention for packed rows: each packed sample attends only to itself, at its own cost.
+
+Padding-free packing puts many short samples in one row. With SDPA, transformers builds a block-diagonal
+causal mask over the whole row and the kernel still visits every (query, key) pair of it: at 8k tokens of
+~100-token samples that is ~80× the attention work that matters. PyTorch's `varlen_attn` (Flash Attention
+over cumulative sequence lengths, CUDA only) skips it. The boundaries come from the position ids that
+restart at 0 for every packed sample, which transformers passes to the attention function.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+NAME = "llmclone_varlen"
+
+
+def available() -> bool:
+    """Whether this PyTorch has varlen attention and a CUDA device to run it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def sequence_bounds(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cumulative sample boundaries (int32, starting with 0, ending with the row length) and the longest sample."""
+    positions = position_ids.reshape(-1)
+    starts = (positions == 0).nonzero().flatten()
+    if starts.numel() == 0 or starts[0] != 0:  # a row that does not start a sample still starts a segment
+        starts = torch.cat([starts.new_zeros(1), starts])
+    bounds = torch.cat([starts, starts.new_full((1,), positions.numel())]).to(torch.int32)
+    return bounds, int((bounds[1:] - bounds[:-1]).max())
+
+
+def _varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: torch.Tensor, longest: int,
+            scale: float | None, window: int | None) -> torch.Tensor:
+    """(tokens, heads, dim) in, (tokens, heads, dim) out; causal, optionally within a sliding window."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    if key.size(1) != query.size(1) and "enable_gqa" not in params:
+        groups = query.size(1) // key.size(1)
+        key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    kwargs: dict[str, Any] = {"scale": scale}
+    if "enable_gqa" in params:
+        kwargs["enable_gqa"] = key.size(1) != query.size(1)
+    if "window_size" in params:
+        kwargs["window_size"] = (window - 1 if window and window < longest else -1, 0)
+    else:  # older PyTorch: causal only, so a sliding window must not cut into any sample
+        if window is not None and window < longest:
+            raise RuntimeError(f"this PyTorch's varlen attention has no sliding window ({window} < {longest})")
+        kwargs["is_causal"] = True
+    return varlen_attn(query, key, value, bounds, bounds, longest, longest, **kwargs)
+
+
+def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+              sliding_window: int | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """The transformers attention interface: (batch 1, heads, tokens, dim) in, (1, tokens, heads, dim) out."""
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None or query.size(0) != 1:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      sliding_window=sliding_window, **kwargs)
+    bounds, longest = sequence_bounds(position_ids)
+    out = _varlen(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), bounds, longest,
+                  scaling, sliding_window)
+    return out.unsqueeze(0), None
+
+
+def register() -> str:
+    """Make `attn_implementation=NAME` loadable; the packed-row mask is not built for it (None)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, attention)
+    AttentionMaskInterface.register(NAME, lambda *args, **kwargs: None)
+    return NAME

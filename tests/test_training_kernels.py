@@ -1,0 +1,108 @@
+"""The training step's two memory/speed levers give the same numbers as the plain computation.
+
+- the chunked output-layer cross-entropy (no full logits) against `F.cross_entropy` on the logits;
+- variable-length attention over packed samples against SDPA with the packed-row mask. Flash attention is
+  CUDA-only, so here PyTorch's `varlen_attn` is replaced by a per-sample SDPA reference with the same
+  contract; what is tested is everything around it (boundaries, layouts, grouped heads, sliding window).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmclone.training import attention, loss
+
+
+def test_chunked_cross_entropy_matches_logits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loss, "CHUNK_BYTES", 4 * 50 * 7)  # 7 rows per chunk: several chunks and a ragged last one
+    torch.manual_seed(0)
+    weight = torch.randn(50, 16, dtype=torch.float32)
+    hidden = torch.randn(23, 16, dtype=torch.float32, requires_grad=True)
+    targets = torch.randint(0, 50, (23,))
+    expected = F.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum")
+    (expected_grad,) = torch.autograd.grad(expected * 0.5, hidden)
+    got = loss.chunked_cross_entropy(hidden, weight, targets)
+    (got_grad,) = torch.autograd.grad(got * 0.5, hidden)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_grad, expected_grad)
+
+
+def test_trainer_loss_and_gradients_equal_with_and_without_chunking(tiny_model: Path, example_dataset: Path,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmclone.config import TrainConfig
+    from llmclone.models.base_models import resolve
+    from llmclone.training.data import training_samples
+    from llmclone.training.trainer import _Session
+
+    config = TrainConfig(model=str(tiny_model), batch_tokens=512, max_length=256, max_steps=1)
+    train_samples, _ = training_samples(example_dataset, config)
+    trainer = _Session(resolve(config.model), config, tmp_path, quiet=True).trainer(train_samples, [])
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model.train()
+    lora = [p for p in model.parameters() if p.requires_grad]
+    assert loss.frozen_head(model) is not None  # the tiny model's tied output layer is frozen: chunked path
+
+    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(0)  # the same LoRA dropout masks
+        value = trainer.compute_loss(model, dict(batch))
+        return value.detach(), [g.clone() for g in torch.autograd.grad(value, lora)]
+
+    chunked, chunked_grads = loss_and_grads()
+    monkeypatch.setattr(loss, "frozen_head", lambda model: None)
+    plain, plain_grads = loss_and_grads()
+    torch.testing.assert_close(chunked, plain)
+    for a, b in zip(chunked_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=12))
+def test_sequence_bounds_are_the_packed_samples(lengths: list[int]) -> None:
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    bounds, longest = attention.sequence_bounds(positions)
+    assert bounds.tolist() == [0, *torch.tensor(lengths).cumsum(0).tolist()] and bounds.dtype == torch.int32
+    assert longest == max(lengths)
+
+
+def _reference_varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_q: torch.Tensor,
+                      cu_seq_k: torch.Tensor, max_q: int, max_k: int, *, scale: float | None = None,
+                      window_size: tuple[int, int] = (-1, -1), enable_gqa: bool = False, **unused: object
+                      ) -> torch.Tensor:
+    """varlen_attn's contract, per sample with SDPA: (tokens, heads, dim), causal, optional left window."""
+    assert window_size[1] == 0 and torch.equal(cu_seq_q, cu_seq_k)
+    out = torch.empty_like(query)
+    for start, end in zip(cu_seq_q[:-1].tolist(), cu_seq_q[1:].tolist(), strict=True):
+        n = end - start
+        allowed = torch.ones(n, n, dtype=torch.bool).tril()
+        if window_size[0] >= 0:
+            allowed &= ~torch.ones(n, n, dtype=torch.bool).tril(-window_size[0] - 1)
+        q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
+        out[start:end] = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale,
+                                                        enable_gqa=enable_gqa).transpose(0, 1)
+    return out
+
+
+def test_varlen_attention_equals_the_packed_mask(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn", _reference_varlen)
+    torch.manual_seed(0)
+    # three samples, one longer than the tiny model's 64-token sliding window
+    lengths = [90, 17, 41]
+    ids = torch.randint(4, 300, (1, sum(lengths)))
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    outputs = {}
+    for implementation in ("sdpa", attention.register()):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=implementation).eval()
+        with torch.no_grad():
+            outputs[implementation] = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+    torch.testing.assert_close(outputs[attention.NAME], outputs["sdpa"], atol=1e-5, rtol=1e-4)
+    alone = AutoModelForCausalLM.from_pretrained(tiny_model).eval()(input_ids=ids[:, :90]).logits
+    torch.testing.assert_close(outputs[attention.NAME][:, :90], alone, atol=1e-5, rtol=1e-4)
