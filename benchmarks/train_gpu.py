@@ -110,17 +110,17 @@ def run_original(model_path: Path, data: Path, tokens: int) -> dict:
     return timer.result(seen["real"], losses)
 
 
-def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_tokens: int = 8192,
+def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_tokens: int | str = "auto",
              attention: str = "auto", plain_loss: bool = False) -> dict:
-    from llmclone.config import TrainConfig
+    from llmclone.config import TrainConfig, batch_tokens_for
     from llmclone.models.base_models import resolve
     from llmclone.training import loss
     from llmclone.training.data import training_samples
     from llmclone.training.trainer import _Session
 
     config = TrainConfig(model=str(model_path), quantize="4bit" if quantize else None, batch_tokens=batch_tokens,
-                         max_steps=max(3, tokens // batch_tokens), eval_steps=10**6, save_steps=10**6, logging_steps=1,
-                         attention=attention)
+                         eval_steps=10**6, save_steps=10**6, logging_steps=1, attention=attention)
+    config.max_steps = max(3, tokens // batch_tokens_for(config))
     if plain_loss:  # the logits path: full logits at the owner positions, F.cross_entropy
         loss.frozen_head = lambda model: None
     session = _Session(resolve(str(model_path)), config, Path(f"/tmp/ours-{quantize}"), quiet=True)
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=60000)
     parser.add_argument("--variant", choices=["original", "ours-qlora", "ours-lora"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/train_gpu"))
-    parser.add_argument("--batch-tokens", type=int, default=8192, help="ours: tokens per micro-step")
+    parser.add_argument("--batch-tokens", default="auto", help="ours: tokens per micro-step (default: the trainer's)")
     parser.add_argument("--attention", default="auto", help="ours: auto, varlen, sdpa")
     parser.add_argument("--plain-loss", action="store_true", help="ours: full logits at the owner positions")
     args = parser.parse_args()
