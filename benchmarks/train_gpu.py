@@ -111,7 +111,7 @@ def run_original(model_path: Path, data: Path, tokens: int) -> dict:
 
 
 def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_tokens: int | str = "auto",
-             attention: str = "auto", plain_loss: bool = False) -> dict:
+             attention: str = "auto", plain_loss: bool = False, kernels: str = "auto") -> dict:
     from llmclone.config import TrainConfig, batch_tokens_for
     from llmclone.models.base_models import resolve
     from llmclone.training import loss
@@ -119,7 +119,8 @@ def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_to
     from llmclone.training.trainer import _Session
 
     config = TrainConfig(model=str(model_path), quantize="4bit" if quantize else None, batch_tokens=batch_tokens,
-                         eval_steps=10**6, save_steps=10**6, logging_steps=1, attention=attention)
+                         eval_steps=10**6, save_steps=10**6, logging_steps=1, attention=attention,
+                         kernels=kernels)
     config.max_steps = max(3, tokens // batch_tokens_for(config))
     if plain_loss:  # the logits path: full logits at the owner positions, F.cross_entropy
         loss.frozen_head = lambda model: None
@@ -174,6 +175,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", default="auto", help="ours: tokens per micro-step (default: the trainer's)")
     parser.add_argument("--attention", default="auto", help="ours: auto, varlen, sdpa")
     parser.add_argument("--plain-loss", action="store_true", help="ours: full logits at the owner positions")
+    parser.add_argument("--kernels", default="auto", help="ours: auto (Liger when installed), liger, none")
     args = parser.parse_args()
     path = build(args.arch, args.data, args.work)
     if args.variant:
@@ -181,7 +183,8 @@ def main() -> None:
             result = run_original(path, args.data, args.tokens)
         else:
             result = run_ours(path, args.data, args.tokens, quantize=args.variant == "ours-qlora",
-                              batch_tokens=args.batch_tokens, attention=args.attention, plain_loss=args.plain_loss)
+                              batch_tokens=args.batch_tokens, attention=args.attention, plain_loss=args.plain_loss,
+                              kernels=args.kernels)
             result["batch_tokens"] = args.batch_tokens
         gpus = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: tokens/s is for all GPUs together
         result["gpus"] = gpus

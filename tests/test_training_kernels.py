@@ -106,3 +106,21 @@ def test_varlen_attention_equals_the_packed_mask(tiny_model: Path, monkeypatch: 
     torch.testing.assert_close(outputs[attention.NAME], outputs["sdpa"], atol=1e-5, rtol=1e-4)
     alone = AutoModelForCausalLM.from_pretrained(tiny_model).eval()(input_ids=ids[:, :90]).logits
     torch.testing.assert_close(outputs[attention.NAME][:, :90], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_gpu_only_levers_are_off_here_and_refused_when_asked(tiny_model: Path) -> None:
+    from llmclone.config import TrainConfig, batch_tokens_for
+    from llmclone.errors import UserError
+    from llmclone.models.base_models import resolve
+    from llmclone.training.trainer import load_base_model, use_liger
+
+    assert not torch.cuda.is_available()  # this suite runs on CPUs
+    assert not use_liger(TrainConfig(model=str(tiny_model))) and not attention.available()
+    assert batch_tokens_for(TrainConfig(quantize="4bit")) == 1024  # the GPU's 2,048 only applies there
+    with pytest.raises(UserError, match="kernels = 'liger' needs a CUDA GPU"):
+        use_liger(TrainConfig(model=str(tiny_model), kernels="liger"))
+    with pytest.raises(UserError, match="attention = 'varlen' needs a CUDA GPU"):
+        load_base_model(resolve(str(tiny_model)), TrainConfig(model=str(tiny_model), attention="varlen"))
+    model = load_base_model(resolve(str(tiny_model)), TrainConfig(model=str(tiny_model)))
+    assert model.config._attn_implementation == "sdpa"
+    assert not any(p.requires_grad for p in model.parameters())

