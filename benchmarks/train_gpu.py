@@ -9,7 +9,9 @@ counts are realistic. Variants, each seeing about `--tokens` real (non-padding) 
 - original: HF Trainer + DataCollatorForLanguageModeling (padding), max_length 256, batch 4 x accumulation
   4, bitsandbytes NF4 + double quant, LoRA r8/alpha32 on q/k/v/o, gradient checkpointing, paged AdamW 8-bit,
   bf16;
-- ours-qlora / ours-lora: `llmclone train` defaults with --quantize 4bit / without.
+- ours-qlora / ours-lora: `llmclone train` defaults with --quantize 4bit / without; `--batch-tokens`,
+  `--attention sdpa`, `--plain-loss` (full logits at the owner positions) and `--kernels none` switch the
+  trainer's levers off one by one, to measure each in the same run.
 Printed per variant: real tokens/s, peak GPU memory, MFU (4N FLOPs per token, N = non-embedding parameters,
 against 790 TFLOP/s bf16) and the last logged training loss. For several GPUs, run one variant under
 torchrun (`torchrun --nproc_per_node 2 benchmarks/train_gpu.py ... --variant ours-qlora`) after a
