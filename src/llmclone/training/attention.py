@@ -18,12 +18,12 @@ NAME = "llmclone_varlen"
 
 
 def available() -> bool:
-    """Whether this PyTorch has varlen attention and a CUDA device to run it."""
+    """Whether this PyTorch has varlen attention and a GPU it runs on (Flash Attention: Ampere or newer)."""
     try:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
     except ImportError:
         return False
-    return torch.cuda.is_available()
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
 def sequence_bounds(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -231,7 +231,8 @@ def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
     if implementation == "auto":
         implementation = "varlen" if attention.available() else "sdpa"
     elif implementation == "varlen" and not attention.available():
-        raise UserError("attention = 'varlen' needs a CUDA GPU and PyTorch >= 2.10; use 'auto' or 'sdpa'.")
+        raise UserError("attention = 'varlen' needs an Ampere or newer NVIDIA GPU and PyTorch >= 2.10; use 'auto' "
+                        "or 'sdpa'.")
     kwargs["attn_implementation"] = attention.register() if implementation == "varlen" else implementation
     if config.quantize == "4bit":
         try:
