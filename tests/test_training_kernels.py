@@ -1,9 +1,10 @@
 """The training step's two memory/speed levers give the same numbers as the plain computation.
 
 - the chunked output-layer cross-entropy (no full logits) against `F.cross_entropy` on the logits;
-- variable-length attention over packed samples against SDPA with the packed-row mask. Flash attention is
-  CUDA-only, so here PyTorch's `varlen_attn` is replaced by a per-sample SDPA reference with the same
-  contract; what is tested is everything around it (boundaries, layouts, grouped heads, sliding window).
+- variable-length attention over packed samples against SDPA with the packed-row mask: the per-sample path
+  (CPUs) as it is, and the Flash Attention path (CUDA-only) with PyTorch's `varlen_attn` replaced by a
+  reference with the same contract, to test everything around it (boundaries, layouts, grouped heads,
+  sliding window).
 """
 
 from __future__ import annotations
@@ -89,10 +90,14 @@ def _reference_varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     return out
 
 
-def test_varlen_attention_equals_the_packed_mask(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kernel", ["per_sample", "flash"])
+def test_varlen_attention_equals_the_packed_mask(tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 kernel: str) -> None:
     from transformers import AutoModelForCausalLM
 
-    monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn", _reference_varlen)
+    if kernel == "flash":
+        monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn", _reference_varlen)
+    monkeypatch.setattr(attention, "_kernel_for", lambda query: getattr(attention, f"_{kernel}"))
     torch.manual_seed(0)
     # three samples, one longer than the tiny model's 64-token sliding window
     lengths = [90, 17, 41]
@@ -115,12 +120,10 @@ def test_gpu_only_levers_are_off_here_and_refused_when_asked(tiny_model: Path) -
     from llmclone.training.trainer import load_base_model, use_liger
 
     assert not torch.cuda.is_available()  # this suite runs on CPUs
-    assert not use_liger(TrainConfig(model=str(tiny_model))) and not attention.available()
+    assert not use_liger(TrainConfig(model=str(tiny_model))) and not attention.flash_available()
     assert batch_tokens_for(TrainConfig(quantize="4bit")) == 1024  # the GPU's 2,048 only applies there
     with pytest.raises(UserError, match="kernels = 'liger' needs a CUDA GPU"):
         use_liger(TrainConfig(model=str(tiny_model), kernels="liger"))
-    with pytest.raises(UserError, match="attention = 'varlen' needs an Ampere or newer"):
-        load_base_model(resolve(str(tiny_model)), TrainConfig(model=str(tiny_model), attention="varlen"))
     model = load_base_model(resolve(str(tiny_model)), TrainConfig(model=str(tiny_model)))
-    assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == attention.NAME  # per-sample attention on CPUs
     assert not any(p.requires_grad for p in model.parameters())

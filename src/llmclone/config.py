@@ -44,8 +44,8 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, ge=-1)  # > 0 overrides epochs
-    # tokens per micro-step, packed with no padding; "auto": 1024 on a CPU (attention there is dense over the
-    # packed row, so longer rows cost more per token); on a GPU 8192, or 2048 with QLoRA, which is chosen to
+    # tokens per micro-step, packed with no padding; "auto": 1024 on a CPU (more optimizer steps per token
+    # seen; attention is per sample, so longer rows would not cost more per token); on a GPU 8192, or 2048 with QLoRA, which is chosen to
     # fit a card: a 7B model then peaks below the original recipe's 5.6 GiB (8192: 8.2 GiB, 1.7x faster)
     batch_tokens: int | Literal["auto"] = "auto"
     gradient_accumulation: int = Field(1, ge=1)
@@ -53,7 +53,8 @@ class TrainConfig(BaseModel):
     seed: int = 42
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    # "auto": variable-length Flash Attention over packed samples on a GPU (training/attention.py), else SDPA
+    # "varlen": each packed sample attends only to itself (training/attention.py): Flash Attention on Ampere or
+    # newer GPUs, one SDPA call per sample on CPUs; "auto" is varlen except on older GPUs (SDPA with a mask)
     attention: Literal["auto", "varlen", "sdpa", "eager"] = "auto"
     # "auto": Liger's fused Triton kernels (RMSNorm, SwiGLU, RoPE) on a GPU when liger-kernel is installed
     kernels: Literal["auto", "liger", "none"] = "auto"

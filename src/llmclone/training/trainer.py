@@ -228,11 +228,8 @@ def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
     cuda = torch.cuda.is_available()
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32}
     implementation = config.attention
-    if implementation == "auto":
-        implementation = "varlen" if attention.available() else "sdpa"
-    elif implementation == "varlen" and not attention.available():
-        raise UserError("attention = 'varlen' needs an Ampere or newer NVIDIA GPU and PyTorch >= 2.10; use 'auto' "
-                        "or 'sdpa'.")
+    if implementation == "auto":  # per-sample attention, except on GPUs without Flash Attention (many launches)
+        implementation = "varlen" if attention.flash_available() or not cuda else "sdpa"
     kwargs["attn_implementation"] = attention.register() if implementation == "varlen" else implementation
     if config.quantize == "4bit":
         try:
