@@ -96,7 +96,7 @@ def test_varlen_attention_equals_the_packed_mask(tiny_model: Path, monkeypatch: 
     from transformers import AutoModelForCausalLM
 
     if kernel == "flash":
-        monkeypatch.setattr(torch.nn.attention.varlen, "varlen_attn", _reference_varlen)
+        monkeypatch.setattr("torch.nn.attention.varlen.varlen_attn", _reference_varlen)
     monkeypatch.setattr(attention, "_kernel_for", lambda query: getattr(attention, f"_{kernel}"))
     torch.manual_seed(0)
     # three samples, one longer than the tiny model's 64-token sliding window

@@ -45,8 +45,9 @@ class TrainConfig(BaseModel):
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, ge=-1)  # > 0 overrides epochs
     # tokens per micro-step, packed with no padding; "auto": 1024 on a CPU (more optimizer steps per token
-    # seen; attention is per sample, so longer rows would not cost more per token); on a GPU 8192, or 2048 with QLoRA, which is chosen to
-    # fit a card: a 7B model then peaks below the original recipe's 5.6 GiB (8192: 8.2 GiB, 1.7x faster)
+    # seen; attention is per sample, so longer rows would not cost more per token); on a GPU 8192, or 2048
+    # with QLoRA, which is chosen to fit a card: a 7B model then peaks below the original recipe's 5.6 GiB
+    # (8192: 8.2 GiB, 1.7x faster)
     batch_tokens: int | Literal["auto"] = "auto"
     gradient_accumulation: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16)  # longest sample; longer ones keep their end (the owner's turn)

@@ -11,6 +11,7 @@ to the attention function.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 NAME = "llmclone_varlen"
 
 
+@functools.cache
 def flash_available() -> bool:
     """Whether this PyTorch has varlen attention and a GPU it runs on (Flash Attention: Ampere or newer)."""
     try:
@@ -27,6 +29,13 @@ def flash_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
+@functools.cache
+def _varlen_params() -> frozenset[str]:
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
 
 
 def sequence_bounds(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -44,7 +53,7 @@ def _flash(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: 
     """(tokens, heads, dim) in, (tokens, heads, dim) out; causal, optionally within a sliding window."""
     from torch.nn.attention.varlen import varlen_attn
 
-    params = inspect.signature(varlen_attn).parameters
+    params = _varlen_params()
     if key.size(1) != query.size(1) and "enable_gqa" not in params:
         groups = query.size(1) // key.size(1)
         key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
@@ -89,10 +98,22 @@ def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       sliding_window=sliding_window, **kwargs)
-    bounds, longest = sequence_bounds(position_ids)
-    out = _kernel_for(query)(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), bounds, longest,
-                 scaling, sliding_window)
+    bounds, longest = _bounds_of(position_ids)
+    out = _kernel_for(query)(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), bounds,
+                             longest, scaling, sliding_window)
     return out.unsqueeze(0), None
+
+
+_last: tuple[torch.Tensor, tuple[torch.Tensor, int]] | None = None
+
+
+def _bounds_of(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """`sequence_bounds`, once per forward pass: every layer (and its recomputation) gets the same tensor, and
+    the longest sample is read back to the host, a GPU sync that should not happen per layer."""
+    global _last
+    if _last is None or _last[0] is not position_ids:
+        _last = (position_ids, sequence_bounds(position_ids))
+    return _last[1]
 
 
 def register() -> str:

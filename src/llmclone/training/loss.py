@@ -58,9 +58,13 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets)
 
 
+def _causal_lm(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft, the model itself
+
+
 def frozen_head(model: Any) -> nn.Linear | None:
     """The causal LM's output layer if the chunked loss may replace it: plain, frozen, bias-free, no soft-cap."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal_lm = _causal_lm(model)
     head = causal_lm.get_output_embeddings()
     config = getattr(causal_lm, "config", None)
     text_config = config.get_text_config() if config is not None else None
@@ -73,7 +77,7 @@ def frozen_head(model: Any) -> nn.Linear | None:
 @contextmanager
 def hidden_states_out(model: Any, head: nn.Linear) -> Iterator[None]:
     """For one forward pass, the model's "logits" are the final hidden states (the output layer is skipped)."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal_lm = _causal_lm(model)
     causal_lm.set_output_embeddings(nn.Identity())
     try:
         yield

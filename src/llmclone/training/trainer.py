@@ -125,6 +125,7 @@ class _Session:
         from llmclone.training.loss import CloneTrainer
 
         config = self.config
+        liger = use_liger(config)  # before the slow part: a setting this machine cannot honour is refused first
         train_set = tokenized(train_samples, self.tokenizer, self.chat_format, config.max_length)
         eval_set = tokenized(eval_samples, self.tokenizer, self.chat_format, config.max_length) if eval_samples else None
         if len(train_set) == 0:
@@ -198,7 +199,7 @@ class _Session:
                 raise UserError(f"target_modules {config.target_modules} do not exist in this model; use names of "
                                 "its linear layers or 'all-linear'.") from None
             raise
-        if use_liger(config):
+        if liger:
             from transformers.integrations.liger import apply_liger_kernel
 
             # The layer kernels only: the loss stays ours (owner positions only, chunked; see loss.py).
