@@ -10,8 +10,9 @@ counts are realistic. Variants, each seeing about `--tokens` real (non-padding) 
   4, bitsandbytes NF4 + double quant, LoRA r8/alpha32 on q/k/v/o, gradient checkpointing, paged AdamW 8-bit,
   bf16;
 - ours-qlora / ours-lora: `llmclone train` defaults with --quantize 4bit / without; `--batch-tokens`,
-  `--attention sdpa`, `--plain-loss` (full logits at the owner positions) and `--kernels none` switch the
-  trainer's levers off one by one, to measure each in the same run.
+  `--attention sdpa`, `--plain-loss` (full logits at the owner positions), `--kernels none`,
+  `--checkpointing true` (layer inputs kept on the GPU, not offloaded) and `--unfolded-dropout` (peft's LoRA
+  dropout) switch the trainer's levers off one by one, to measure each in the same run.
 Printed per variant: real tokens/s, peak GPU memory, MFU (4N FLOPs per token, N = non-embedding parameters,
 against 790 TFLOP/s bf16) and the last logged training loss. For several GPUs, run one variant under
 torchrun (`torchrun --nproc_per_node 2 benchmarks/train_gpu.py ... --variant ours-qlora`) after a
@@ -113,7 +114,8 @@ def run_original(model_path: Path, data: Path, tokens: int) -> dict:
 
 
 def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_tokens: int | str = "auto",
-             attention: str = "auto", plain_loss: bool = False, kernels: str = "auto") -> dict:
+             attention: str = "auto", plain_loss: bool = False, kernels: str = "auto",
+             checkpointing: str = "auto", unfolded_dropout: bool = False) -> dict:
     from llmclone.config import TrainConfig, batch_tokens_for
     from llmclone.models.base_models import resolve
     from llmclone.training import loss
@@ -122,10 +124,15 @@ def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_to
 
     config = TrainConfig(model=str(model_path), quantize="4bit" if quantize else None, batch_tokens=batch_tokens,
                          eval_steps=10**6, save_steps=10**6, logging_steps=1, attention=attention,
-                         kernels=kernels)
+                         kernels=kernels, gradient_checkpointing={"true": True, "false": False}.get(checkpointing,
+                                                                                                  checkpointing))
     config.max_steps = max(3, tokens // batch_tokens_for(config))
     if plain_loss:  # the logits path: full logits at the owner positions, F.cross_entropy
         loss.frozen_head = lambda model: None
+    if unfolded_dropout:  # peft's own LoRA dropout (a dropped copy and a mask saved per projection)
+        from llmclone.training import lora_dropout
+
+        lora_dropout.fold_dropout = lambda model: 0
     session = _Session(resolve(str(model_path)), config, Path(f"/tmp/ours-{quantize}"), quiet=True)
     train, _ = training_samples(data, config)
     trainer = session.trainer(train, [])
@@ -178,6 +185,8 @@ def main() -> None:
     parser.add_argument("--attention", default="auto", help="ours: auto, varlen, sdpa")
     parser.add_argument("--plain-loss", action="store_true", help="ours: full logits at the owner positions")
     parser.add_argument("--kernels", default="auto", help="ours: auto (Liger when installed), liger, none")
+    parser.add_argument("--checkpointing", default="auto", help="ours: auto, offload, true, false")
+    parser.add_argument("--unfolded-dropout", action="store_true", help="ours: peft's LoRA dropout as it is")
     args = parser.parse_args()
     path = build(args.arch, args.data, args.work)
     if args.variant:
@@ -186,8 +195,10 @@ def main() -> None:
         else:
             result = run_ours(path, args.data, args.tokens, quantize=args.variant == "ours-qlora",
                               batch_tokens=args.batch_tokens, attention=args.attention, plain_loss=args.plain_loss,
-                              kernels=args.kernels)
+                              kernels=args.kernels, checkpointing=args.checkpointing,
+                              unfolded_dropout=args.unfolded_dropout)
             result["batch_tokens"] = args.batch_tokens
+            result["checkpointing"] = args.checkpointing
         gpus = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun: tokens/s is for all GPUs together
         result["gpus"] = gpus
         result["mfu"] = result["tokens_per_s"] * 4 * non_embedding_params(path) / (PEAK_FLOPS * gpus)

@@ -1,10 +1,11 @@
-"""The training step's two memory/speed levers give the same numbers as the plain computation.
+"""The training step's memory and speed levers give the same numbers as the plain computation.
 
 - the chunked output-layer cross-entropy (no full logits) against `F.cross_entropy` on the logits;
 - variable-length attention over packed samples against SDPA with the packed-row mask: the per-sample path
   (CPUs) as it is, and the Flash Attention path (CUDA-only) with PyTorch's `varlen_attn` replaced by a
   reference with the same contract, to test everything around it (boundaries, layouts, grouped heads,
-  sliding window).
+  sliding window);
+- offloaded gradient checkpointing and the LoRA dropout folded into lora_A against the plain computation.
 """
 
 from __future__ import annotations
@@ -127,3 +128,104 @@ def test_gpu_only_levers_are_off_here_and_refused_when_asked(tiny_model: Path) -
     model = load_base_model(resolve(str(tiny_model)), TrainConfig(model=str(tiny_model)))
     assert model.config._attn_implementation == attention.NAME  # per-sample attention on CPUs
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_offloaded_checkpointing_gives_the_same_gradients(tiny_model: Path, example_dataset: Path,
+                                                          tmp_path: Path) -> None:
+    """Layer inputs parked (here copied within host memory: the same chain of packs, prefetches and takes
+    the GPU path runs) and recomputed in backward give the loss and LoRA gradients of no checkpointing."""
+    from llmclone.config import TrainConfig
+    from llmclone.models.base_models import resolve
+    from llmclone.training.data import training_samples
+    from llmclone.training.offload import Offloader, enable
+    from llmclone.training.trainer import _Session
+
+    config = TrainConfig(model=str(tiny_model), batch_tokens=512, max_length=256, max_steps=1)
+    train_samples, _ = training_samples(example_dataset, config)
+    trainer = _Session(resolve(config.model), config, tmp_path, quiet=True).trainer(train_samples, [])
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model.train()
+    lora = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(0)  # the same LoRA dropout masks (the recompute replays the RNG state)
+        value = trainer.compute_loss(model, dict(batch))
+        return value.detach(), [g.clone() for g in torch.autograd.grad(value, lora)]
+
+    plain, plain_grads = loss_and_grads()
+    offloader = Offloader(min_bytes=0)
+    layers = enable(model, offloader)
+    assert layers == model.config.num_hidden_layers
+    for _ in range(2):  # twice: the second step must not chain onto the first step's parked inputs
+        parked, parked_grads = loss_and_grads()
+        torch.testing.assert_close(parked, plain)
+        for a, b in zip(parked_grads, plain_grads, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert offloader.parked >= 2 * layers  # every layer's input went through the hooks, in both steps
+
+
+def test_folded_lora_dropout_equals_peft_dropout(tiny_model: Path) -> None:
+    """Folded into lora_A, the dropout draws the same masks as peft's: same loss and LoRA gradients."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from llmclone.training.lora_dropout import fold_dropout
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (1, 96))
+    config = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.3, init_lora_weights=False,  # B != 0: dropout shows
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    results = []
+    for fold in (False, True):
+        torch.manual_seed(1)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), config).train()
+        if fold:
+            assert fold_dropout(model) == 4 * model.config.num_hidden_layers
+        torch.manual_seed(2)
+        loss_value = model(input_ids=ids, labels=ids).loss
+        lora = [p for p in model.parameters() if p.requires_grad]
+        results.append((loss_value.detach(), torch.autograd.grad(loss_value, lora)))
+        model.eval()  # no dropout outside training: the plain projection
+        with torch.no_grad():
+            torch.testing.assert_close(model(input_ids=ids).logits, model(input_ids=ids).logits)
+    (plain, plain_grads), (folded, folded_grads) = results
+    torch.testing.assert_close(folded, plain)
+    for a, b in zip(folded_grads, plain_grads, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.manual_seed(3)  # and the dropout really acts: another mask gives another loss
+    assert not torch.allclose(results[0][0], model.train()(input_ids=ids, labels=ids).loss.detach())
+
+
+def test_folded_lora_dropout_saves_less_for_backward(tiny_model: Path) -> None:
+    """The point of folding: q, k and v share one saved input instead of a dropped copy and a mask each."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from llmclone.training.lora_dropout import fold_dropout
+
+    def saved_bytes(model: torch.nn.Module) -> int:
+        seen: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        ids = torch.randint(0, model.config.vocab_size, (1, 256))
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=ids).logits.sum().backward()
+        return sum(seen.values())
+
+    def lora_model() -> torch.nn.Module:
+        base = AutoModelForCausalLM.from_pretrained(tiny_model)
+        config = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj",
+                                                                                   "o_proj"])
+        return get_peft_model(base, config).train()
+
+    plain = saved_bytes(lora_model())
+    folded_model = lora_model()
+    assert fold_dropout(folded_model) == 4 * folded_model.config.num_hidden_layers
+    folded = saved_bytes(folded_model)
+    hidden = 256 * folded_model.config.hidden_size * 4  # one fp32 hidden state of this batch
+    # per layer: q, k, v, o each saved a dropped input (1 hidden) and a bool mask (1/4); now one shared input
+    assert plain - folded >= folded_model.config.num_hidden_layers * 3 * hidden
+

@@ -19,9 +19,7 @@ def batch_tokens_for(config: TrainConfig) -> int:
         return int(config.batch_tokens)
     import torch
 
-    if not torch.cuda.is_available():
-        return 1024
-    return 2048 if config.quantize else 8192
+    return 8192 if torch.cuda.is_available() else 1024
 
 
 class TrainConfig(BaseModel):
@@ -45,14 +43,16 @@ class TrainConfig(BaseModel):
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, ge=-1)  # > 0 overrides epochs
     # tokens per micro-step, packed with no padding; "auto": 1024 on a CPU (more optimizer steps per token
-    # seen; attention is per sample, so longer rows would not cost more per token); on a GPU 8192, or 2048
-    # with QLoRA, which is chosen to fit a card: a 7B model then peaks below the original recipe's 5.6 GiB
-    # (8192: 8.2 GiB, 1.7x faster)
+    # seen; attention is per sample, so longer rows would not cost more per token), 8192 on a GPU (with QLoRA
+    # a 7B model then peaks below the original recipe's 5.6 GiB: layer inputs offloaded, see
+    # gradient_checkpointing)
     batch_tokens: int | Literal["auto"] = "auto"
     gradient_accumulation: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16)  # longest sample; longer ones keep their end (the owner's turn)
     seed: int = 42
-    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    # "offload": checkpointing with each layer's input parked in host memory (training/offload.py); "auto": that
+    # for QLoRA and for models that fill much of a GPU, none on CPUs or for small models on a GPU
+    gradient_checkpointing: bool | Literal["auto", "offload"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # "varlen": each packed sample attends only to itself (training/attention.py): Flash Attention on Ampere or
     # newer GPUs, one SDPA call per sample on CPUs; "auto" is varlen except on older GPUs (SDPA with a mask)

@@ -135,12 +135,8 @@ class _Session:
         precision = config.precision
         if precision == "auto":
             precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else ("fp16" if cuda else "fp32")
-        checkpointing = config.gradient_checkpointing
-        if checkpointing == "auto":
-            # Pays only where memory is what limits: QLoRA (chosen to fit a card) and big models on a GPU.
-            # A 7B model without it holds ~70 GiB of activations for an 8k-token micro-step (benchmarks/NOTES.md).
-            checkpointing = cuda and (config.quantize is not None
-                                      or _param_bytes(model) > 0.4 * torch.cuda.get_device_properties(0).total_memory)
+        checkpointing = checkpointing_for(config, model)
+        offload = checkpointing == "offload" and cuda  # on a CPU the activations are in host memory already
         args = SFTConfig(
             output_dir=str(self.work / "checkpoints"),
             per_device_train_batch_size=1,
@@ -159,8 +155,8 @@ class _Session:
             optim="paged_adamw_8bit" if config.quantize and cuda else "adamw_torch",
             bf16=precision == "bf16",
             fp16=precision == "fp16",
-            gradient_checkpointing=bool(checkpointing),
-            gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
+            gradient_checkpointing=bool(checkpointing) and not offload,  # offloaded: switched on below
+            gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing and not offload else None,
             eval_strategy="steps" if eval_set is not None else "no",
             eval_on_start=eval_set is not None,  # the base model's loss: where the curve starts
             eval_steps=config.eval_steps,
@@ -199,12 +195,33 @@ class _Session:
                 raise UserError(f"target_modules {config.target_modules} do not exist in this model; use names of "
                                 "its linear layers or 'all-linear'.") from None
             raise
+        from llmclone.training.lora_dropout import fold_dropout
+
+        fold_dropout(self._trainer.model)  # before DDP wraps it: less saved for backward, same LoRA
+        if offload:
+            from llmclone.training.offload import Offloader, enable
+
+            enable(self._trainer.model, Offloader())
         if liger:
             from transformers.integrations.liger import apply_liger_kernel
 
             # The layer kernels only: the loss stays ours (owner positions only, chunked; see loss.py).
             apply_liger_kernel(self._trainer.model, {"cross_entropy": False, "fused_linear_cross_entropy": False})
         return self._trainer
+
+
+def checkpointing_for(config: TrainConfig, model: Any) -> bool | str:
+    """Gradient checkpointing: False, True or "offload" (see the setting's comment for "auto")."""
+    import torch
+
+    if config.gradient_checkpointing != "auto":
+        return config.gradient_checkpointing
+    if not torch.cuda.is_available():
+        return False  # memory is rarely what limits a CPU run; recomputing would cost a third more time
+    # Pays where memory is what limits: QLoRA (chosen to fit a card) and big models. A 7B model without it holds
+    # ~70 GiB of activations for an 8k-token micro-step; with it, the 32 layer inputs (2 GiB) go to host memory.
+    big = _param_bytes(model) > 0.4 * torch.cuda.get_device_properties(0).total_memory
+    return "offload" if config.quantize is not None or big else False
 
 
 def use_liger(config: TrainConfig) -> bool:
