@@ -229,3 +229,68 @@ def test_folded_lora_dropout_saves_less_for_backward(tiny_model: Path) -> None:
     # per layer: q, k, v, o each saved a dropped input (1 hidden) and a bool mask (1/4); now one shared input
     assert plain - folded >= folded_model.config.num_hidden_layers * 3 * hidden
 
+
+
+def test_sampled_vocabulary_estimates_the_normaliser() -> None:
+    """Over many draws, the sampled rows' weighted exp-logits average to the exact sum over the other
+    tokens, with a uniform proposal and with a skewed one (where the base model's mass is)."""
+    from llmclone.training.loss import SampledVocabulary
+
+    torch.manual_seed(0)
+    vocab, owner = 500, torch.arange(0, 500, 10)
+    logits = torch.randn(vocab) * 2
+    others = torch.ones(vocab, dtype=torch.bool)
+    others[owner] = False
+    exact = logits[others].exp().sum()
+    identity = torch.eye(vocab)
+    for proposal in (None, logits.softmax(0)):
+        sampled = SampledVocabulary(owner, vocab, proposal, samples=64)
+        estimates = []
+        for _ in range(3000):
+            rows, index, log_weights = sampled.draw(identity, owner[:5])
+            assert index.tolist() == [0, 1, 2, 3, 4]  # targets point at their own rows
+            ids = rows.argmax(1)  # the token each row is (identity "weights")
+            assert torch.equal(ids[: owner.numel()], owner) and not torch.isin(ids[owner.numel():], owner).any()
+            estimates.append((logits[ids[owner.numel():]] + log_weights[owner.numel():]).exp().sum())
+        assert abs(torch.stack(estimates).mean() / exact - 1) < 0.03
+
+
+def test_sampled_vocabulary_in_the_trainer(tiny_model: Path, example_dataset: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """loss_vocabulary = "sampled": the training loss is the cross-entropy over the owner's tokens' rows and
+    the drawn rows (with their log-weights); evaluation is the exact cross-entropy over the whole vocabulary."""
+    from llmclone.config import TrainConfig
+    from llmclone.models.base_models import resolve
+    from llmclone.training.data import tokenized, training_samples
+    from llmclone.training.trainer import _Session
+
+    config = TrainConfig(model=str(tiny_model), batch_tokens=512, max_length=256, max_steps=1,
+                         loss_vocabulary="sampled", lora_dropout=0.0)
+    train_samples, _ = training_samples(example_dataset, config)
+    session = _Session(resolve(config.model), config, tmp_path, quiet=True)
+    trainer = session.trainer(train_samples, [])
+    sampled = trainer.sampled_vocabulary
+    encoded = tokenized(train_samples, session.tokenizer, session.chat_format, config.max_length)
+    owner = {t for row, mask in zip(encoded["input_ids"], encoded["assistant_masks"], strict=True)
+             for t, m in zip(row, mask, strict=True) if m}
+    assert sampled.owner_tokens.tolist() == sorted(owner)
+    assert abs(sampled.q.sum().item() - 1) < 1e-9 and (sampled.q > 0).all()
+
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model
+    targets = batch["labels"][0, 1:]
+    keep = targets != -100
+    with torch.no_grad():
+        logits = model.eval()(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0, :-1][keep]
+        full = F.cross_entropy(logits, targets[keep])
+        torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), full, rtol=1e-4, atol=1e-5)
+        drawn = []
+        multinomial = torch.multinomial
+        monkeypatch.setattr(torch, "multinomial", lambda *a, **k: drawn.append(multinomial(*a, **k)) or drawn[-1])
+        loss_value = trainer.compute_loss(model.train(), dict(batch))
+    ids = torch.cat([sampled.owner_tokens, sampled.others[drawn[0]]])
+    log_weights = torch.cat([torch.zeros(sampled.owner_tokens.numel()), -(sampled.samples * sampled.q[drawn[0]]).log()])
+    expected = F.cross_entropy(logits[:, ids] + log_weights.float(), torch.searchsorted(sampled.owner_tokens,
+                                                                                     targets[keep]))
+    torch.testing.assert_close(loss_value, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(loss_value, full)

@@ -9,6 +9,9 @@ time, computing the gradient of the hidden states as it goes: the full logits ne
 library's: Liger's fused linear cross-entropy is Triton, GPU only; TRL's fused LM head (`add_fused_lm_head`)
 scores only the loss positions on Triton devices but every position elsewhere, which on a CPU would more
 than double the output layer's cost (owner tokens are ~45% of chat tokens). This one is plain PyTorch.
+
+On a CPU the training softmax may also be sampled (`SampledVocabulary`, `loss_vocabulary`): the one lever
+here that changes the gradient, so the evaluation loss, always over the whole vocabulary, judges it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Sum of cross-entropy of (hidden @ weight.T) against targets; the weight is frozen."""
 
     @staticmethod
-    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                log_weights: torch.Tensor | None) -> torch.Tensor:
         rows = max(1, CHUNK_BYTES // (4 * weight.size(0)))
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
@@ -37,6 +41,8 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             # some transformers versions upcast the "logits" (here: hidden states) to fp32; the projection
             # runs in the weight's dtype, as the output layer would
             logits = (hidden[start:start + rows].to(weight.dtype) @ weight.T).float()
+            if log_weights is not None:  # columns that stand for several tokens each (sampled softmax)
+                logits += log_weights
             target = targets[start:start + rows]
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, target[:, None]).squeeze(1)).sum()
@@ -48,14 +54,72 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, None, None]:
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Any, None, None, None]:
         (grad,) = ctx.saved_tensors
-        return (grad * grad_output).to(grad.dtype) if grad is not None else None, None, None
+        return (grad * grad_output).to(grad.dtype) if grad is not None else None, None, None, None
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """`F.cross_entropy(hidden @ weight.T, targets, reduction="sum")` without the logits in memory."""
-    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets)
+def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          log_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.cross_entropy(hidden @ weight.T + log_weights, targets, reduction="sum")` without the logits in memory."""
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, log_weights)
+
+
+class SampledVocabulary:
+    """A training softmax over the owner's tokens plus a fresh sample of all the others.
+
+    The normaliser over the other ~250k tokens is estimated by importance sampling: `samples` of them are
+    drawn each micro-step from `proposal` (where the base model puts its mass at the owner's positions, mixed
+    half and half with uniform), each logit carrying the log-weight −log(samples · q). Unbiased for the sum, so
+    the mass the base model puts on tokens the owner never writes (web text, digits, other scripts) is still
+    pushed down, at a few percent of the output layer's cost. The owner's tokens are computed exactly.
+    """
+
+    def __init__(self, owner_tokens: torch.Tensor, vocab_size: int, proposal: torch.Tensor | None = None,
+                 samples: int = 8192) -> None:
+        self.owner_tokens = owner_tokens
+        others = torch.ones(vocab_size, dtype=torch.bool)
+        others[owner_tokens] = False
+        self.others = others.nonzero().flatten()
+        q = torch.full((self.others.numel(),), 1.0 / self.others.numel(), dtype=torch.float64)
+        if proposal is not None:
+            favoured = proposal.double()[self.others]
+            q = 0.5 * q + 0.5 * favoured / favoured.sum().clamp(min=1e-30)
+        self.q = q
+        self.samples = samples
+        self._index = torch.full((vocab_size,), -1, dtype=torch.long)
+        self._index[owner_tokens] = torch.arange(owner_tokens.numel())
+
+    def draw(self, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows of the output layer, the targets as indices into them, and each row's log-weight."""
+        device = weight.device
+        picked = torch.multinomial(self.q, self.samples, replacement=True)
+        rows = weight[torch.cat([self.owner_tokens, self.others[picked]]).to(device)]
+        log_weights = torch.zeros(rows.size(0), dtype=torch.float32)
+        log_weights[self.owner_tokens.numel():] = -(self.samples * self.q[picked]).log().float()
+        return rows, self._index.to(device)[targets], log_weights.to(device)
+
+
+@torch.no_grad()
+def owner_position_marginal(model: Any, train_set: Any, positions: int = 512) -> torch.Tensor:
+    """The base model's mean next-token distribution over (up to) `positions` owner positions of the set."""
+    total, seen = None, 0
+    was_training = model.training
+    model.eval()
+    for ids, mask in zip(train_set["input_ids"], train_set["assistant_masks"], strict=True):
+        keep = [i - 1 for i, m in enumerate(mask) if m and i > 0]
+        if not keep:
+            continue
+        device = next(model.parameters()).device
+        logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False,
+                       logits_to_keep=torch.tensor(keep, device=device)).logits[0].float()
+        probs = logits.softmax(-1).sum(0).cpu()
+        total = probs if total is None else total + probs
+        seen += len(keep)
+        if seen >= positions:
+            break
+    model.train(was_training)
+    return total / max(seen, 1) if total is not None else None
 
 
 def _causal_lm(model: Any) -> Any:
@@ -86,6 +150,9 @@ def hidden_states_out(model: Any, head: nn.Linear) -> Iterator[None]:
 
 
 class CloneTrainer(SFTTrainer):
+    # When set, the training softmax is sampled (TrainConfig.loss_vocabulary); evaluation is always exact.
+    sampled_vocabulary: SampledVocabulary | None = None
+
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         labels = inputs.pop("labels")
@@ -97,7 +164,10 @@ class CloneTrainer(SFTTrainer):
         if head is not None:
             with hidden_states_out(unwrapped, head):
                 outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
-            loss = chunked_cross_entropy(outputs.logits[0], head.weight, targets[0, keep])
+            weight, target, log_weights = head.weight, targets[0, keep], None
+            if self.sampled_vocabulary is not None and model.training:
+                weight, target, log_weights = self.sampled_vocabulary.draw(weight, target)
+            loss = chunked_cross_entropy(outputs.logits[0], weight, target, log_weights)
         else:
             outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
             loss = F.cross_entropy(outputs.logits[0].float(), targets[0, keep], reduction="sum")

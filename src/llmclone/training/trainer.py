@@ -31,7 +31,7 @@ from llmclone.errors import UserError
 from llmclone.manifest import FORMAT_VERSION, library_versions
 from llmclone.models.base_models import BaseModel, resolve
 from llmclone.models.chat_format import ChatFormat
-from llmclone.training.data import check_dataset, tokenized, training_samples
+from llmclone.training.data import check_dataset, owner_tokens, tokenized, training_samples
 
 
 class Interrupted(Exception):
@@ -131,6 +131,12 @@ class _Session:
         if len(train_set) == 0:
             raise UserError("no training sample has an owner turn left after truncation; raise max_length.")
         model = load_base_model(self.base, config)
+        vocabulary = None
+        if config.loss_vocabulary == "sampled":  # where the base model's mass is, before training moves it
+            from llmclone.training.loss import SampledVocabulary, owner_position_marginal
+
+            vocabulary = SampledVocabulary(owner_tokens(train_set), model.config.get_text_config().vocab_size,
+                                           owner_position_marginal(model, train_set))
         cuda = torch.cuda.is_available()
         precision = config.precision
         if precision == "auto":
@@ -195,6 +201,8 @@ class _Session:
                 raise UserError(f"target_modules {config.target_modules} do not exist in this model; use names of "
                                 "its linear layers or 'all-linear'.") from None
             raise
+        if vocabulary is not None:
+            self._trainer.sampled_vocabulary = vocabulary
         from llmclone.training.lora_dropout import fold_dropout
 
         fold_dropout(self._trainer.model)  # before DDP wraps it: less saved for backward, same LoRA
