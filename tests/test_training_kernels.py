@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,6 +20,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmclone.training import attention, loss
+
+
+def _tiny_trainer(tiny_model: Path, example_dataset: Path, tmp_path: Path, **settings: object
+                  ) -> tuple[Any, Any, list, dict[str, torch.Tensor]]:
+    """The trainer on the tiny model and the example dataset: (session, trainer, train samples, first batch)."""
+    from llmclone.config import TrainConfig
+    from llmclone.models.base_models import resolve
+    from llmclone.training.data import training_samples
+    from llmclone.training.trainer import _Session
+
+    config = TrainConfig(model=str(tiny_model), batch_tokens=512, max_length=256, max_steps=1, **settings)
+    train_samples, _ = training_samples(example_dataset, config)
+    session = _Session(resolve(config.model), config, tmp_path, quiet=True)
+    trainer = session.trainer(train_samples, [])
+    return session, trainer, train_samples, next(iter(trainer.get_train_dataloader()))
+
+
+def _loss_and_grads(trainer: Any, model: Any, batch: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The training loss and the LoRA gradients, with the same dropout masks every call."""
+    torch.manual_seed(0)
+    value = trainer.compute_loss(model, dict(batch))
+    lora = [p for p in model.parameters() if p.requires_grad]
+    return value.detach(), [g.clone() for g in torch.autograd.grad(value, lora)]
 
 
 def test_chunked_cross_entropy_matches_logits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -38,27 +63,13 @@ def test_chunked_cross_entropy_matches_logits(monkeypatch: pytest.MonkeyPatch) -
 def test_trainer_loss_and_gradients_equal_with_and_without_chunking(tiny_model: Path, example_dataset: Path,
                                                                     tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from llmclone.config import TrainConfig
-    from llmclone.models.base_models import resolve
-    from llmclone.training.data import training_samples
-    from llmclone.training.trainer import _Session
-
-    config = TrainConfig(model=str(tiny_model), batch_tokens=512, max_length=256, max_steps=1)
-    train_samples, _ = training_samples(example_dataset, config)
-    trainer = _Session(resolve(config.model), config, tmp_path, quiet=True).trainer(train_samples, [])
-    batch = next(iter(trainer.get_train_dataloader()))
+    _, trainer, _, batch = _tiny_trainer(tiny_model, example_dataset, tmp_path)
     model = trainer.model.train()
-    lora = [p for p in model.parameters() if p.requires_grad]
     assert loss.frozen_head(model) is not None  # the tiny model's tied output layer is frozen: chunked path
 
-    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        torch.manual_seed(0)  # the same LoRA dropout masks
-        value = trainer.compute_loss(model, dict(batch))
-        return value.detach(), [g.clone() for g in torch.autograd.grad(value, lora)]
-
-    chunked, chunked_grads = loss_and_grads()
+    chunked, chunked_grads = _loss_and_grads(trainer, model, batch)
     monkeypatch.setattr(loss, "frozen_head", lambda model: None)
-    plain, plain_grads = loss_and_grads()
+    plain, plain_grads = _loss_and_grads(trainer, model, batch)
     torch.testing.assert_close(chunked, plain)
     for a, b in zip(chunked_grads, plain_grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
@@ -134,30 +145,16 @@ def test_offloaded_checkpointing_gives_the_same_gradients(tiny_model: Path, exam
                                                           tmp_path: Path) -> None:
     """Layer inputs parked (here copied within host memory: the same chain of packs, prefetches and takes
     the GPU path runs) and recomputed in backward give the loss and LoRA gradients of no checkpointing."""
-    from llmclone.config import TrainConfig
-    from llmclone.models.base_models import resolve
-    from llmclone.training.data import training_samples
     from llmclone.training.offload import Offloader, enable
-    from llmclone.training.trainer import _Session
 
-    config = TrainConfig(model=str(tiny_model), batch_tokens=512, max_length=256, max_steps=1)
-    train_samples, _ = training_samples(example_dataset, config)
-    trainer = _Session(resolve(config.model), config, tmp_path, quiet=True).trainer(train_samples, [])
-    batch = next(iter(trainer.get_train_dataloader()))
-    model = trainer.model.train()
-    lora = [p for p in model.parameters() if p.requires_grad]
-
-    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        torch.manual_seed(0)  # the same LoRA dropout masks (the recompute replays the RNG state)
-        value = trainer.compute_loss(model, dict(batch))
-        return value.detach(), [g.clone() for g in torch.autograd.grad(value, lora)]
-
-    plain, plain_grads = loss_and_grads()
+    _, trainer, _, batch = _tiny_trainer(tiny_model, example_dataset, tmp_path)
+    model = trainer.model.train()  # the recompute replays the RNG state: the same dropout masks
+    plain, plain_grads = _loss_and_grads(trainer, model, batch)
     offloader = Offloader(min_bytes=0)
     layers = enable(model, offloader)
     assert layers == model.config.num_hidden_layers
     for _ in range(2):  # twice: the second step must not chain onto the first step's parked inputs
-        parked, parked_grads = loss_and_grads()
+        parked, parked_grads = _loss_and_grads(trainer, model, batch)
         torch.testing.assert_close(parked, plain)
         for a, b in zip(parked_grads, plain_grads, strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
@@ -259,24 +256,17 @@ def test_sampled_vocabulary_in_the_trainer(tiny_model: Path, example_dataset: Pa
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """loss_vocabulary = "sampled": the training loss is the cross-entropy over the owner's tokens' rows and
     the drawn rows (with their log-weights); evaluation is the exact cross-entropy over the whole vocabulary."""
-    from llmclone.config import TrainConfig
-    from llmclone.models.base_models import resolve
-    from llmclone.training.data import tokenized, training_samples
-    from llmclone.training.trainer import _Session
+    from llmclone.training.data import tokenized
 
-    config = TrainConfig(model=str(tiny_model), batch_tokens=512, max_length=256, max_steps=1,
-                         loss_vocabulary="sampled", lora_dropout=0.0)
-    train_samples, _ = training_samples(example_dataset, config)
-    session = _Session(resolve(config.model), config, tmp_path, quiet=True)
-    trainer = session.trainer(train_samples, [])
+    session, trainer, train_samples, batch = _tiny_trainer(tiny_model, example_dataset, tmp_path,
+                                                           loss_vocabulary="sampled", lora_dropout=0.0)
     sampled = trainer.sampled_vocabulary
-    encoded = tokenized(train_samples, session.tokenizer, session.chat_format, config.max_length)
+    encoded = tokenized(train_samples, session.tokenizer, session.chat_format, session.config.max_length)
     owner = {t for row, mask in zip(encoded["input_ids"], encoded["assistant_masks"], strict=True)
              for t, m in zip(row, mask, strict=True) if m}
     assert sampled.owner_tokens.tolist() == sorted(owner)
     assert abs(sampled.q.sum().item() - 1) < 1e-9 and (sampled.q > 0).all()
 
-    batch = next(iter(trainer.get_train_dataloader()))
     model = trainer.model
     targets = batch["labels"][0, 1:]
     keep = targets != -100

@@ -106,11 +106,11 @@ def owner_position_marginal(model: Any, train_set: Any, positions: int = 512) ->
     total, seen = None, 0
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     for ids, mask in zip(train_set["input_ids"], train_set["assistant_masks"], strict=True):
         keep = [i - 1 for i, m in enumerate(mask) if m and i > 0]
         if not keep:
             continue
-        device = next(model.parameters()).device
         logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False,
                        logits_to_keep=torch.tensor(keep, device=device)).logits[0].float()
         probs = logits.softmax(-1).sum(0).cpu()
