@@ -161,13 +161,16 @@ def test_offloaded_checkpointing_gives_the_same_gradients(tiny_model: Path, exam
     assert offloader.parked >= 2 * layers  # every layer's input went through the hooks, in both steps
 
 
-def test_folded_lora_dropout_equals_peft_dropout(tiny_model: Path) -> None:
-    """Folded into lora_A, the dropout draws the same masks as peft's: same loss and LoRA gradients."""
+def test_folded_lora_dropout_equals_peft_dropout(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folded into lora_A, the dropout draws the same masks as peft's: same loss and LoRA gradients.
+    (The generator replay the GPU path uses; on a CPU the default masks come from PCG64, tested below.)"""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from llmclone.training import lora_dropout
     from llmclone.training.lora_dropout import fold_dropout
 
+    monkeypatch.setattr(lora_dropout, "CPU_MASKS", "torch")
     torch.manual_seed(0)
     ids = torch.randint(0, 100, (1, 96))
     config = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.3, init_lora_weights=False,  # B != 0: dropout shows
@@ -191,6 +194,31 @@ def test_folded_lora_dropout_equals_peft_dropout(tiny_model: Path) -> None:
         torch.testing.assert_close(a, b)
     torch.manual_seed(3)  # and the dropout really acts: another mask gives another loss
     assert not torch.allclose(results[0][0], model.train()(input_ids=ids, labels=ids).loss.detach())
+
+
+def test_cpu_dropout_masks_are_bernoulli_and_replayed_in_backward() -> None:
+    """The CPU masks (PCG64): drop rate p, repeatable under torch.manual_seed, and the backward pass redraws
+    exactly the forward's mask: gradients equal autograd through the explicit dropped input."""
+    from llmclone.training.lora_dropout import _DroppedProjection, cpu_keep_mask
+
+    for p in (0.05, 0.3):
+        keep = cpu_keep_mask(torch.Size((1000, 1000)), p, seed=7)
+        assert abs((1 - keep.float().mean().item()) - p) < 5 * (p * (1 - p) / 1e6) ** 0.5  # 5 sigma
+    x = torch.randn(3, 200, 64, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(8, 64, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, 200, 8, dtype=torch.float64)
+    torch.manual_seed(5)
+    out = _DroppedProjection.apply(x, weight, 0.3)
+    torch.manual_seed(5)
+    keep = cpu_keep_mask(x.shape, 0.3, int(torch.randint(0, 2**62, ()).item()))  # the draw the forward made
+    expected = (x * keep / 0.7) @ weight.T
+    torch.testing.assert_close(out, expected)
+    for got, want in zip(torch.autograd.grad(out, (x, weight), grad), torch.autograd.grad(expected, (x, weight), grad),
+                         strict=True):
+        torch.testing.assert_close(got, want)
+    torch.manual_seed(5)
+    torch.testing.assert_close(_DroppedProjection.apply(x, weight, 0.3), out)  # same seed, same mask
+    assert not torch.allclose(_DroppedProjection.apply(x, weight, 0.3), out)  # the generator moved on: another
 
 
 def test_folded_lora_dropout_saves_less_for_backward(tiny_model: Path) -> None:
