@@ -312,3 +312,22 @@ def test_sampled_vocabulary_in_the_trainer(tiny_model: Path, example_dataset: Pa
                                                                                      targets[keep]))
     torch.testing.assert_close(loss_value, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(loss_value, full)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU default")
+def test_sampled_vocabulary_is_the_cpu_default_for_large_vocabularies(tiny_model: Path, example_dataset: Path,
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """loss_vocabulary = "auto": sampled on a CPU when the vocabulary is large (Gemma's 262k), exact when it is
+    small or when asked for."""
+    from llmclone.config import TrainConfig
+    from llmclone.training import trainer as trainer_module
+
+    assert trainer_module.loss_vocabulary_for(TrainConfig(), 262_144) == "sampled"
+    assert trainer_module.loss_vocabulary_for(TrainConfig(), 32_000) == "full"
+    assert trainer_module.loss_vocabulary_for(TrainConfig(loss_vocabulary="full"), 262_144) == "full"
+    _, trainer, _, _ = _tiny_trainer(tiny_model, example_dataset, tmp_path / "small")
+    assert trainer.sampled_vocabulary is None  # the tiny model's 400 tokens: exact
+    monkeypatch.setattr(trainer_module, "SAMPLED_VOCABULARY_MIN", 256)  # as if its vocabulary were large
+    _, trainer, _, _ = _tiny_trainer(tiny_model, example_dataset, tmp_path / "large")
+    assert trainer.sampled_vocabulary is not None

@@ -122,7 +122,7 @@ def train(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to put the demo's dataset and clone.")] = Path("llmclone-demo"),
     model: Annotated[str, typer.Option(help="Base model (default: the embedded one, offline).")] = "embedded",
-    steps: Annotated[int | None, typer.Option(help="Training steps (default 16: a few minutes on a laptop CPU).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps (default 24: a few minutes on a laptop CPU).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """The whole pipeline on the bundled example export: ingest, train a clone, compare its replies with the base model's."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from llmclone.config import TrainConfig
 
 # Short and hot: the example owner's habits are strong, and the point is to see them appear quickly.
-DEMO_SETTINGS = {"max_steps": 16, "learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32, "eval_steps": 8,
+DEMO_SETTINGS = {"max_steps": 24, "learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32, "eval_steps": 8,
                  "save_steps": 1000, "logging_steps": 2, "warmup_ratio": 0.05, "max_length": 256, "batch_tokens": 1024,
                  "max_eval_samples": 24}
 FIXED_PROMPTS = ["привет! как дела?", "пойдём в кино вечером?", "Hi! Could you review my pull request?"]

@@ -131,12 +131,11 @@ class _Session:
         if len(train_set) == 0:
             raise UserError("no training sample has an owner turn left after truncation; raise max_length.")
         model = load_base_model(self.base, config)
-        vocabulary = None
-        if config.loss_vocabulary == "sampled":  # where the base model's mass is, before training moves it
+        vocabulary, vocab_size = None, model.config.get_text_config().vocab_size
+        if loss_vocabulary_for(config, vocab_size) == "sampled":  # where the base model's mass is, before training
             from llmclone.training.loss import SampledVocabulary, owner_position_marginal
 
-            vocabulary = SampledVocabulary(owner_tokens(train_set), model.config.get_text_config().vocab_size,
-                                           owner_position_marginal(model, train_set))
+            vocabulary = SampledVocabulary(owner_tokens(train_set), vocab_size, owner_position_marginal(model, train_set))
         cuda = torch.cuda.is_available()
         precision = config.precision
         if precision == "auto":
@@ -230,6 +229,19 @@ def checkpointing_for(config: TrainConfig, model: Any) -> bool | str:
     # ~70 GiB of activations for an 8k-token micro-step; with it, the 32 layer inputs (2 GiB) go to host memory.
     big = _param_bytes(model) > 0.4 * torch.cuda.get_device_properties(0).total_memory
     return "offload" if config.quantize is not None or big else False
+
+
+def loss_vocabulary_for(config: TrainConfig, vocab_size: int) -> str:
+    """The training softmax: "full" or "sampled" (see the setting's comment for "auto")."""
+    import torch
+
+    if config.loss_vocabulary != "auto":
+        return config.loss_vocabulary
+    # On a GPU the output layer is a small part of a step; on a CPU a large one is most of it.
+    return "sampled" if not torch.cuda.is_available() and vocab_size >= SAMPLED_VOCABULARY_MIN else "full"
+
+
+SAMPLED_VOCABULARY_MIN = 65536
 
 
 def use_liger(config: TrainConfig) -> bool:
