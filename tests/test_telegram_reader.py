@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLE, FIXTURES, OWNER, chat, dialogue, full_export, msg, write
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmclone.errors import UserError
@@ -44,6 +44,59 @@ def test_real_fixtures_read_identically_on_both_paths(name: str) -> None:
     _, slow, slow_tally = read_all(FIXTURES / name, streaming=True)
     assert [(c.id, c.kind, c.messages) for c in fast] == [(c.id, c.kind, c.messages) for c in slow]
     assert fast_tally == slow_tally
+
+
+_VALUES = st.one_of(
+    st.none(), st.integers(-5, 2_000_000_000), st.sampled_from(["message", "service", "user42", "channel7", "", " ",
+                                                              "1700000000", "2024-02-03T04:05:06", "sticker",
+                                                              "voice_message", "animation", "😀"]),
+    st.text(max_size=8), st.lists(st.one_of(st.text(max_size=5), st.fixed_dictionaries({"type": st.just("bold"),
+                                                                                       "text": st.text(max_size=5)})),
+                                  max_size=3),
+    st.fixed_dictionaries({"question": st.text(max_size=5)}),
+)
+_KEYS = ["id", "type", "date", "date_unixtime", "from", "from_id", "text", "text_entities", "reply_to_message_id",
+         "reply_to_peer_id", "forwarded_from", "saved_from", "via_bot", "photo", "file", "file_name", "media_type",
+         "sticker_emoji", "duration_seconds", "poll", "todo_list", "location_information", "edited", "unknown_key"]
+_PLAIN = st.fixed_dictionaries({"id": st.integers(1, 10**6), "type": st.just("message"),
+                                "date_unixtime": st.integers(0, 2 * 10**9).map(str), "from": st.text(max_size=5),
+                                "from_id": st.sampled_from(["user1", "user2"]), "text": _VALUES},
+                               optional={"reply_to_message_id": st.integers(1, 100), "reply_to_peer_id": _VALUES})
+
+
+_EXTRA = st.dictionaries(st.sampled_from(_KEYS[6:]), _VALUES, max_size=3)  # a plain message's rare neighbours
+
+
+def _both_paths(messages: list) -> None:
+    import orjson
+
+    from llmclone.sources.telegram import _convert_all, _parse_messages
+
+    raw = orjson.dumps({"name": "x", "type": "personal_chat", "id": 1, "messages": messages}) + b",\n"
+    fast_tally, dict_tally = Tally(), Tally()
+    assert _parse_messages(raw, False, fast_tally) == _convert_all(messages, dict_tally)
+    assert fast_tally == dict_tally
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(st.builds(lambda m, extra: m | extra, _PLAIN, _EXTRA),
+                          st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=9)), max_size=6))
+def test_fast_decoder_converts_messages_as_the_dict_path_does(messages: list) -> None:
+    """The fast path decodes a chat's bytes into structs; every message, plain, rare or malformed, must become
+    the same Message (or the same counted drop) as through `_convert` on the parsed dict."""
+    _both_paths(messages)
+
+
+def test_fast_decoder_knows_every_key_that_makes_a_message_not_plain() -> None:
+    from llmclone.sources.telegram import _MEDIA_KEYS, _NOT_OWN_WORDS, _RARE
+
+    assert set(_RARE) >= _MEDIA_KEYS | _NOT_OWN_WORDS
+
+
+def test_fast_decoder_hands_a_chat_with_a_non_object_message_to_the_dict_path() -> None:
+    plain = {"id": 1, "type": "message", "date_unixtime": "5", "from_id": "user1", "text": "hi"}
+    for odd in (7, "text", None, [plain]):
+        _both_paths([plain, odd, plain | {"id": 2}])
 
 
 def test_text_list_joined_exactly_and_entities_keep_visible_text() -> None:
