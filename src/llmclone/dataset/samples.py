@@ -11,6 +11,7 @@ import hashlib
 from array import array
 from collections import Counter
 from itertools import accumulate
+from operator import attrgetter
 from typing import BinaryIO
 
 import orjson
@@ -21,6 +22,7 @@ from llmclone.dataset.privacy import REDACTED, Scrubber
 from llmclone.sources.base import GROUP, Chat, Tally
 
 _REDACTED = REDACTED.encode()
+_TIME = attrgetter("ts")
 
 
 class SampleMaker:
@@ -46,7 +48,7 @@ class SampleMaker:
             kept = [m for m in messages if (lo is None or m.ts >= lo) and (hi is None or m.ts < hi)]
             self.tally.dropped_messages["out_of_date_range"] += len(messages) - len(kept)
             messages = kept
-        messages.sort(key=lambda m: m.ts)  # already ordered in exports; merged chats may interleave
+        messages.sort(key=_TIME)  # already ordered in exports; merged chats may interleave
         owner_n = 0
         for m in messages:
             if m.is_owner:
@@ -58,8 +60,11 @@ class SampleMaker:
             counts["chats_owner_silent"] += 1
             self.tally.skipped_chats["owner_never_wrote"] += 1
             return
-        for m, text in zip(messages, self.scrubber.scrub_many([m.text for m in messages]), strict=True):
-            m.text = text
+        texts = [m.text for m in messages]
+        scrubbed = self.scrubber.scrub_many(texts)
+        if scrubbed is not texts:  # the same list back when nothing needed scrubbing, as in most chats
+            for m, text in zip(messages, scrubbed, strict=True):
+                m.text = text
         counts["chats_used"] += 1
         counts[f"chats_{chat.kind}"] += 1
         counts["owner_messages"] += owner_n
