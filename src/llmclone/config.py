@@ -62,8 +62,9 @@ class TrainConfig(BaseModel):
     # The training softmax. "full": exact. "sampled": exact over the tokens the owner's turns contain, the other
     # ~250k of Gemma's tokens estimated each micro-step from 8,192 drawn where the base model puts its mass
     # (training/loss.py), after a ~10 s pass of the base model. "auto": sampled on a CPU when the vocabulary is
-    # large (>= 65,536: the output layer is then most of a CPU step), exact on GPUs. On real chats 1.4x faster
-    # steps at the same held-out loss (benchmarks/README.md). Evaluation is always exact.
+    # large (>= 65,536: the output layer is then most of a CPU step), exact on GPUs. On real chats ~1.35x faster
+    # steps than exact (1.0-1.5x in six runs) at the same held-out loss (benchmarks/README.md). Evaluation is
+    # always exact.
     loss_vocabulary: Literal["auto", "full", "sampled"] = "auto"
     # evaluation, checkpoints, logging
     eval_steps: int = Field(50, ge=1)

@@ -521,7 +521,7 @@ class _ChatMessages(msgspec.Struct, gc=False):
 
 
 _RARE = _Message.__struct_fields__[9:]  # every key that makes a message not plain text (and two media details)
-_KEYS = {f: e for f, e in zip(_Message.__struct_fields__, _Message.__struct_encode_fields__, strict=True)}
+_KEYS = dict(zip(_Message.__struct_fields__, _Message.__struct_encode_fields__, strict=True))  # field → JSON key
 _DECODER = msgspec.json.Decoder(_ChatMessages)
 
 

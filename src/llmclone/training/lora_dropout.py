@@ -57,7 +57,8 @@ class _DroppedProjection(torch.autograd.Function):
         ctx.p = p
         ctx.seed = None
         if x.device.type == "cpu" and CPU_MASKS == "pcg64":
-            ctx.seed = int(torch.randint(0, 2**62, ()).item())  # a gradient-checkpoint recompute draws it again
+            # one draw from torch's generator: a gradient-checkpoint recompute (generator restored) draws the same
+            ctx.seed = int(torch.randint(0, 2**62, ()).item())
             keep = cpu_keep_mask(x.shape, p, ctx.seed)
             out = F.linear(torch.where(keep, x, 0), weight.to(x.dtype)) * (1 / (1 - p))  # scaled where it is r wide
         else:

@@ -231,6 +231,9 @@ def checkpointing_for(config: TrainConfig, model: Any) -> bool | str:
     return "offload" if config.quantize is not None or big else False
 
 
+SAMPLED_VOCABULARY_MIN = 65536
+
+
 def loss_vocabulary_for(config: TrainConfig, vocab_size: int) -> str:
     """The training softmax: "full" or "sampled" (see the setting's comment for "auto")."""
     import torch
@@ -239,9 +242,6 @@ def loss_vocabulary_for(config: TrainConfig, vocab_size: int) -> str:
         return config.loss_vocabulary
     # On a GPU the output layer is a small part of a step; on a CPU a large one is most of it.
     return "sampled" if not torch.cuda.is_available() and vocab_size >= SAMPLED_VOCABULARY_MIN else "full"
-
-
-SAMPLED_VOCABULARY_MIN = 65536
 
 
 def use_liger(config: TrainConfig) -> bool:
