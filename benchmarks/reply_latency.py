@@ -6,10 +6,12 @@ A clone of the embedded model (trained for a few steps on the bundled example if
 280-token history, 40 new tokens, greedy; median over runs, each variant in the same process. Also time to
 first token. Target (issue 4): >= 5x lower latency than the fp32 baseline, replies unchanged.
 
-With llama-cpp-python installed, the `--engine llama.cpp` variants too (the clone exported to GGUF: f16,
-q8_0, q4_k_m), each timed from a cold KV cache and as the next turn of the same chat (the cached prefix is
-reused), plus what each does to the reply distribution: the owner-token loss on held-out samples (fp32 torch
-against each GGUF) and whether the greedy reply is the same.
+With llama-cpp-python installed, the `--engine llama.cpp` variants too (the clone exported to GGUF: f16 and
+q8_0, each with the whole vocabulary and with the shortlisted one, the engine's default), each timed from a
+cold KV cache and as the next turn of the same chat (the cached prefix is reused), plus what each does to the
+reply distribution: the owner's held-out loss (fp32 torch against each GGUF; summed over the owner's text and
+divided by its token count in the full tokenization, so a shortlist that spells a word in two pieces is
+compared on the same text) and whether the greedy reply is the same.
 """
 
 from __future__ import annotations
@@ -54,10 +56,15 @@ def history(clone: object, tokens: int = 280) -> list[dict[str, str]]:
     return turns
 
 
-def timed(fn, runs: int) -> float:  # type: ignore[no-untyped-def]
+def timed(fn, runs: int, setup=None) -> float:  # type: ignore[no-untyped-def]
+    """Median seconds of `fn` over `runs` (after a warm-up); `setup` runs before each call, untimed."""
+    if setup:
+        setup()
     fn()  # warm-up
     times = []
     for _ in range(runs):
+        if setup:
+            setup()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
@@ -122,26 +129,36 @@ def main() -> None:
     samples = held_out(clone_dir)
     torch_loss = owner_loss_torch(clone, samples)
     print(f"\nheld-out owner-token loss, torch fp32: {torch_loss:.4f} ({len(samples)} samples)")
-    print(f"{'engine':<20} {'cold s':>7} {'next turn s':>12} {'first token s':>14} {'speed-up':>9} {'loss':>8}"
+    print(f"{'engine':<20} {'cold s':>7} {'next turn s':>12} {'first token s':>14} {'× cold':>7} {'× next':>7} {'loss':>8}"
           f" {'same greedy':>12}")
-    for quant in ("f16", "q8_0", "q4_k_m"):
-        fast = LLMClone.load(clone_dir, engine="llama.cpp", quant=quant)
+    # the next turn of a chat: the cache holds the conversation up to the other person's last message
+    tok = clone._tokenizer
+    full, earlier = clone.chat_format.prompt(tok, turns), clone.chat_format.encode(tok, turns[:-1])[0]
+    cached = next((i for i, (a, b) in enumerate(zip(full, earlier, strict=False)) if a != b), len(earlier))
+    print(f"next turn: {cached} of the {len(full)} prompt tokens already in the KV cache")
+    for quant, vocabulary in (("f16", "full"), ("q8_0", "full"), ("f16", "shortlist"), ("q8_0", "shortlist")):
+        fast = LLMClone.load(clone_dir, engine="llama.cpp", quant=quant, vocabulary=vocabulary)
+        listed = fast._llama.shortlist
+        name = f"{quant} {len(listed) // 1000}k vocab" if listed else f"{quant}"
+        llm = fast._llama.llm
+        before = listed.to_short(full[:cached]) if listed else full[:cached]
 
-        def cold(fast: LLMClone = fast) -> None:
-            fast._llama.llm.reset()
-            fast.reply(turns, temperature=0, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+        def earlier_turns(llm=llm, before=before) -> None:  # type: ignore[no-untyped-def]
+            llm.reset()
+            llm.eval(before)
 
-        def warm(fast: LLMClone = fast) -> None:
+        def reply(fast: LLMClone = fast) -> None:
             fast.reply(turns, temperature=0, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
 
         def first_token(fast: LLMClone = fast) -> None:
-            fast._llama.llm.reset()
             fast.reply(turns, temperature=0, max_new_tokens=1)
 
-        cold_s, warm_s, first_s = timed(cold, args.runs), timed(warm, args.runs), timed(first_token, args.runs)
+        cold_s = timed(reply, args.runs, setup=llm.reset)
+        warm_s = timed(reply, args.runs, setup=earlier_turns)
+        first_s = timed(first_token, args.runs, setup=llm.reset)
         same = fast.reply(turns, temperature=0, max_new_tokens=NEW_TOKENS) == greedy
         loss = owner_loss_gguf(fast, samples)
-        print(f"{'llama.cpp ' + quant:<20} {cold_s:>7.2f} {warm_s:>12.2f} {first_s:>14.2f} {base_s / cold_s:>8.2f}x "
+        print(f"{name:<20} {cold_s:>7.2f} {warm_s:>12.2f} {first_s:>14.2f} {base_s / cold_s:>6.2f}x {base_s / warm_s:>6.2f}x "
               f"{loss:>8.4f} {same!s:>12}")
 
 
@@ -168,14 +185,21 @@ def owner_loss_torch(clone, samples) -> float:  # type: ignore[no-untyped-def]
 
 
 def owner_loss_gguf(fast, samples) -> float:  # type: ignore[no-untyped-def]
-    """The same loss from llama.cpp's logits (a second context that keeps logits for every position)."""
+    """The same loss from llama.cpp's logits (a second context that keeps logits for every position). With a
+    shortlist, the owner's tokens spelled in listed pieces; the sum still divides by the full-tokenization count."""
     import numpy as np
     from llama_cpp import Llama
 
     llm = Llama(model_path=fast._llama.llm.model_path, n_ctx=1024, logits_all=True, verbose=False)
+    listed = fast._llama.shortlist
     total = count = 0.0
     for messages in samples:
         ids, mask = fast.chat_format.encode(fast._tokenizer, messages, 512)
+        count += sum(mask[1:])
+        if listed is not None:
+            pieces = [listed.to_short([i]) for i in ids]
+            ids = [p for piece in pieces for p in piece]
+            mask = [m for piece, m in zip(pieces, mask, strict=True) for _ in piece]
         llm.reset()
         llm.eval(ids)
         scores = np.asarray(llm.scores[: len(ids) - 1], dtype=np.float64)
@@ -184,7 +208,6 @@ def owner_loss_gguf(fast, samples) -> float:  # type: ignore[no-untyped-def]
                 row = scores[pos]
                 top = row.max()
                 total += top + np.log(np.exp(row - top).sum()) - row[ids[pos + 1]]
-                count += 1
     return total / count
 
 

@@ -62,7 +62,7 @@ def test_gguf_of_embedded_clone_loads_back_with_the_same_predictions(embedded_ho
 
     from llmclone.models.llamacpp import clone_gguf
 
-    fast = LLMClone.load(tmp_path / "clone", engine="llama.cpp", quant="f16")
+    fast = LLMClone.load(tmp_path / "clone", engine="llama.cpp", quant="f16", vocabulary="full")
     cached = clone_gguf(tmp_path / "clone", "f16")
     assert cached.parent == embedded_home / "gguf" and cached.stat().st_mode & 0o077 == 0
     llm = Llama(model_path=str(cached), n_ctx=256, logits_all=True, verbose=False)
@@ -74,6 +74,19 @@ def test_gguf_of_embedded_clone_loads_back_with_the_same_predictions(embedded_ho
                         on_message=streamed.append)
     assert greedy == streamed and all("User:" not in m for m in greedy)
     assert fast.reply([{"role": "user", "content": "привет! как дела?"}], temperature=0, max_new_tokens=12) == greedy
+    # the default: q8_0 with the shortlisted vocabulary; the same rows scored as the full f16 GGUF scores them
     q8 = LLMClone.load(tmp_path / "clone", engine="llama.cpp", quant="q8_0")
-    assert clone_gguf(tmp_path / "clone", "q8_0").stat().st_size < cached.stat().st_size * 0.6
-    assert isinstance(q8.reply([{"role": "user", "content": "hi"}], max_new_tokens=8), list)
+    listed = q8._llama.shortlist
+    assert listed is not None and set(json.loads((tmp_path / "clone" / "vocabulary.json").read_text())["token_ids"]) \
+        <= set(listed.full)
+    assert q8._llama.llm.n_vocab() == len(listed) < 45_000
+    assert Path(q8._llama.llm.model_path).stat().st_size < cached.stat().st_size * 0.35  # q8_0 alone: 0.54
+    short16 = Llama(model_path=str(clone_gguf(tmp_path / "clone", "f16", q8._tokenizer)), n_ctx=256, logits_all=True,
+                    verbose=False)
+    assert short16.n_vocab() == len(listed)
+    short = listed.to_short(ids)
+    assert [listed.to_full(s) for s in short] == ids  # the prompt's tokens are all listed
+    short16.eval(short)
+    torch.testing.assert_close(torch.tensor(short16.scores[len(ids) - 1]), cpp[listed.full], atol=2e-2, rtol=0)
+    replies = q8.reply([{"role": "user", "content": "hi"}], max_new_tokens=8)
+    assert isinstance(replies, list) and all("User:" not in m for m in replies)

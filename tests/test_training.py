@@ -89,8 +89,19 @@ def test_loss_falls_and_clone_directory_is_complete(tiny_model: Path, example_da
     assert min(train_losses[-5:]) < train_losses[0] - 0.3
     assert eval_losses[-1] < eval_losses[0]
     clone = tmp_path / "clone"
-    assert sorted(p.name for p in clone.iterdir()) == ["adapter", "clone.json", "loss.png", "metrics.jsonl"]
+    assert sorted(p.name for p in clone.iterdir()) == ["adapter", "clone.json", "loss.png", "metrics.jsonl",
+                                                       "vocabulary.json"]
     assert (clone / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # every token of the training samples, both speakers (the llama.cpp engine's shortlist starts from it)
+    from transformers import AutoTokenizer
+
+    from llmclone.models.chat_format import ChatFormat
+    from llmclone.training.data import read_samples
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    seen = {i for messages in read_samples(example_dataset / "train.jsonl")
+            for i in ChatFormat().encode(tokenizer, messages, config.max_length)[0]}
+    assert json.loads((clone / "vocabulary.json").read_text())["token_ids"] == sorted(seen)
     for path in [clone, *clone.rglob("*")]:
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
     assert manifest["chat_format"]["kind"] == "transcript"

@@ -52,13 +52,16 @@ class LLMClone:
 
     # -- loading ---------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, clone_dir: str | Path, merge: bool = True, engine: str = "torch", quant: str = "q8_0") -> LLMClone:
+    def load(cls, clone_dir: str | Path, merge: bool = True, engine: str = "torch", quant: str = "q8_0",
+             vocabulary: str = "shortlist") -> LLMClone:
         """Load a clone directory: its base model (resolved again on this machine) plus its adapter.
 
         `merge=True` folds the adapter into the weights (replies are faster: an unmerged LoRA costs a
         third or more per token); `merge=False` keeps it apart, so `reply(base=True)` can switch it off.
         `engine="llama.cpp"` replies with llama.cpp on the clone exported to a `quant` GGUF (built once and
-        cached; needs llama-cpp-python): 2-3x faster on a CPU, at slightly lower precision.
+        cached; needs llama-cpp-python): 2-3x faster on a CPU, at slightly lower precision; its output layer
+        scores only the tokens the clone uses (`vocabulary="shortlist"`, see models/shortlist.py) unless
+        `vocabulary="full"`.
         """
         manifest = read_manifest(clone_dir)
         clone = cls(CloneConfig(model_name=manifest["base_model"]["spec"]))
@@ -72,7 +75,10 @@ class LLMClone:
 
             require()  # before any export work: say what to install
             clone._tokenizer = AutoTokenizer.from_pretrained(base.path)
-            clone._llama = LlamaCppEngine(clone_gguf(clone_dir, quant), n_ctx=CONTEXT_TOKENS + 256)
+            if vocabulary not in ("shortlist", "full"):
+                raise UserError(f"unknown vocabulary {vocabulary!r}; use 'shortlist' or 'full'.")
+            gguf = clone_gguf(clone_dir, quant, clone._tokenizer if vocabulary == "shortlist" else None)
+            clone._llama = LlamaCppEngine(gguf, n_ctx=CONTEXT_TOKENS + 256, tokenizer=clone._tokenizer)
         elif engine == "torch":
             clone._load(base, Path(clone_dir) / "adapter", merge)
         else:

@@ -66,14 +66,15 @@ def tokenized(samples: list[list[dict[str, str]]], tokenizer: Any, chat_format: 
     return Dataset.from_dict({"input_ids": ids, "assistant_masks": masks})
 
 
-def owner_tokens(train_set: Any) -> Any:
-    """The sorted ids of the tokens the loss is taken on (the owner's) anywhere in a tokenized set."""
+def owner_tokens(train_set: Any, owner_only: bool = True) -> Any:
+    """The sorted ids of the tokens the loss is taken on (the owner's), or of all tokens, in a tokenized set."""
     import numpy as np
     import torch
 
     ids = train_set.data.column("input_ids").combine_chunks().flatten().to_numpy()
-    mask = train_set.data.column("assistant_masks").combine_chunks().flatten().to_numpy().astype(bool)
-    return torch.from_numpy(np.unique(ids[mask]).astype(np.int64))
+    if owner_only:
+        ids = ids[train_set.data.column("assistant_masks").combine_chunks().flatten().to_numpy().astype(bool)]
+    return torch.from_numpy(np.unique(ids).astype(np.int64))
 
 
 def training_samples(dataset_dir: Path, config: TrainConfig) -> tuple[list, list]:

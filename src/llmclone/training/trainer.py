@@ -92,6 +92,8 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
         shutil.copyfile(work / "metrics.jsonl", tmp / "metrics.jsonl")
         manifest = _manifest(base, session.chat_format, stats, dataset_dir, config, trainer, final_eval, seconds)
         write_json(tmp / "clone.json", manifest)
+        with private_umask():  # one line: 10-20k ids
+            (tmp / "vocabulary.json").write_text(json.dumps({"token_ids": session.token_ids}))
         plot_losses(tmp / "metrics.jsonl", tmp / "loss.png")
     shutil.rmtree(work, ignore_errors=True)
     return manifest
@@ -130,6 +132,7 @@ class _Session:
         eval_set = tokenized(eval_samples, self.tokenizer, self.chat_format, config.max_length) if eval_samples else None
         if len(train_set) == 0:
             raise UserError("no training sample has an owner turn left after truncation; raise max_length.")
+        self.token_ids = owner_tokens(train_set, owner_only=False).tolist()  # the llama.cpp engine's shortlist
         model = load_base_model(self.base, config)
         vocabulary, vocab_size = None, model.config.get_text_config().vocab_size
         if loss_vocabulary_for(config, vocab_size) == "sampled":  # where the base model's mass is, before training
