@@ -75,6 +75,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clone", type=Path)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dataset", type=Path, default=HERE / ".work" / "reply" / "dataset",
+                        help="held-out samples (eval.jsonl) for the loss; default the bundled example's")
+    parser.add_argument("--samples", type=int, default=24)
     args = parser.parse_args()
 
     from transformers import TextStreamer
@@ -126,7 +129,7 @@ def main() -> None:
         print("llama-cpp-python not installed: llama.cpp variants skipped")
         return
     clone_dir = args.clone or demo_clone()
-    samples = held_out(clone_dir)
+    samples = held_out(args.dataset, args.samples)
     torch_loss = owner_loss_torch(clone, samples)
     print(f"\nheld-out owner-token loss, torch fp32: {torch_loss:.4f} ({len(samples)} samples)")
     print(f"{'engine':<20} {'cold s':>7} {'next turn s':>12} {'first token s':>14} {'× cold':>7} {'× next':>7} {'loss':>8}"
@@ -162,12 +165,12 @@ def main() -> None:
               f"{loss:>8.4f} {same!s:>12}")
 
 
-def held_out(clone_dir: Path, n: int = 24) -> list[list[dict[str, str]]]:
+def held_out(dataset: Path, n: int) -> list[list[dict[str, str]]]:
+    """`n` held-out samples, evenly spaced over the held-out period."""
     import json
 
-    data = HERE / ".work" / "reply" / "dataset" / "eval.jsonl"
-    rows = [json.loads(line)["messages"] for line in data.read_text(encoding="utf-8").splitlines()]
-    return rows[:n]
+    rows = [json.loads(line)["messages"] for line in (dataset / "eval.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [rows[i * len(rows) // n] for i in range(min(n, len(rows)))]
 
 
 def owner_loss_torch(clone, samples) -> float:  # type: ignore[no-untyped-def]

@@ -101,7 +101,9 @@ def test_loss_falls_and_clone_directory_is_complete(tiny_model: Path, example_da
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     seen = {i for messages in read_samples(example_dataset / "train.jsonl")
             for i in ChatFormat().encode(tokenizer, messages, config.max_length)[0]}
-    assert json.loads((clone / "vocabulary.json").read_text())["token_ids"] == sorted(seen)
+    recorded = json.loads((clone / "vocabulary.json").read_text())
+    assert recorded["token_ids"] == sorted(seen)
+    assert recorded["likely_ids"] == []  # a 400-token vocabulary: nothing to shortlist
     for path in [clone, *clone.rglob("*")]:
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
     assert manifest["chat_format"]["kind"] == "transcript"

@@ -55,7 +55,7 @@ def clone_gguf(clone_dir: str | Path, quant: str = "q8_0", tokenizer: Any = None
     keep = None
     if tokenizer is not None:
         chat_format = ChatFormat.from_json(json.loads((clone_dir / "clone.json").read_text())["chat_format"])
-        keep = clone_shortlist(tokenizer, chat_format, seen_tokens(clone_dir))
+        keep = clone_shortlist(tokenizer, chat_format, *seen_tokens(clone_dir))
     listed = f"-shortlist-{hashlib.sha256(json.dumps(keep).encode()).hexdigest()[:8]}" if keep else ""
     out = stem.with_name(f"{stem.name}-{quant}{listed}.gguf")
     if out.is_file():
@@ -76,11 +76,12 @@ def clone_gguf(clone_dir: str | Path, quant: str = "q8_0", tokenizer: Any = None
     return out
 
 
-def seen_tokens(clone_dir: Path) -> list[int]:
-    """The token ids of the clone's training data (`vocabulary.json`, written by training; none for clones
-    made before it was)."""
+def seen_tokens(clone_dir: Path) -> tuple[list[int], list[int]]:
+    """The token ids of the clone's training data and the base model's likely ones (`vocabulary.json`, written
+    by training; none for clones made before it was)."""
     path = clone_dir / "vocabulary.json"
-    return json.loads(path.read_text())["token_ids"] if path.is_file() else []
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return data.get("token_ids", []), data.get("likely_ids", [])
 
 
 def _quantize(src: Path, dest: Path, ftype: int) -> None:

@@ -2,9 +2,10 @@
 
 Decoding on a CPU is bound by memory bandwidth, and Gemma 3's 262,144-row output layer is 63% of the bytes
 read per generated token. A clone writes like its owner, so it needs far fewer tokens: every token of its
-training data, the tokenizer's most frequent pieces (the first `HEAD` ids: SentencePiece numbers pieces in
-merge order), the single characters of alphabetic scripts, symbols and emoji (SentencePiece puts characters
-at the end of the vocabulary), and the special, whitespace and byte-fallback tokens. The clone's GGUF keeps those rows only,
+training data, the base model's 32k most likely tokens at the owner's turns (recorded by training), the
+tokenizer's most frequent pieces (the first ids: SentencePiece numbers pieces in merge order), the single
+characters of alphabetic scripts, symbols and emoji (SentencePiece puts characters at the end of the
+vocabulary), and the special, whitespace and byte-fallback tokens. The clone's GGUF keeps those rows only,
 in the order of their full ids, and records the full ids under `llmclone.shortlist`.
 
 Text is tokenized by the full tokenizer as always; a token outside the list is spelled with listed pieces
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 HEAD = 32768  # the tokenizer's most frequent pieces, kept whatever the training data
+HEAD_WITH_LIKELY = 16384  # fewer when the base model's likely tokens are known
 
 
 def shortlist_ids(tokenizer: Any, seen: Iterable[int], head: int = HEAD) -> list[int]:
@@ -34,12 +36,14 @@ def shortlist_ids(tokenizer: Any, seen: Iterable[int], head: int = HEAD) -> list
                    *tokenizer.all_special_ids})
 
 
-def clone_shortlist(tokenizer: Any, chat_format: Any, seen: Iterable[int]) -> list[int]:
-    """A clone's shortlist: its training tokens plus its chat format's own (labels, turn markers), which a
-    clone trained before training recorded its tokens would otherwise lack."""
+def clone_shortlist(tokenizer: Any, chat_format: Any, seen: Iterable[int], likely: Sequence[int] = ()) -> list[int]:
+    """A clone's shortlist: its training tokens, the base model's most likely tokens at the owner's turns
+    (`likely`, recorded by training: they cover unseen words of the owner's languages better than merge order
+    does), and its chat format's own tokens (labels, turn markers), which a clone trained before training
+    recorded its tokens would otherwise lack."""
     turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
-    return shortlist_ids(tokenizer, [*seen, *chat_format.encode(tokenizer, turns)[0], *chat_format.prompt(tokenizer, turns),
-                                     *chat_format.stop_ids(tokenizer)])
+    marks = [*chat_format.encode(tokenizer, turns)[0], *chat_format.prompt(tokenizer, turns), *chat_format.stop_ids(tokenizer)]
+    return shortlist_ids(tokenizer, [*seen, *likely, *marks], head=HEAD_WITH_LIKELY if likely else HEAD)
 
 
 def _alphabetic_or_emoji(code: int) -> bool:

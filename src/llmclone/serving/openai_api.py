@@ -158,12 +158,12 @@ async def _stream(clone: Any, lock: threading.Lock, history: list[dict[str, str]
 
 
 def serve(clone_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          engine: str = "torch") -> None:
+          engine: str = "torch", vocabulary: str = "shortlist") -> None:
     import uvicorn
 
     from llmclone.clone import LLMClone
 
-    clone = LLMClone.load(clone_dir, engine=engine)
+    clone = LLMClone.load(clone_dir, engine=engine, vocabulary=vocabulary)
     name = f"llmclone-{clone.clone_dir.name if clone.clone_dir else 'clone'}"
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can talk to your clone.")

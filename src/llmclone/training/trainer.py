@@ -93,7 +93,8 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
         manifest = _manifest(base, session.chat_format, stats, dataset_dir, config, trainer, final_eval, seconds)
         write_json(tmp / "clone.json", manifest)
         with private_umask():  # one line: 10-20k ids
-            (tmp / "vocabulary.json").write_text(json.dumps({"token_ids": session.token_ids}))
+            (tmp / "vocabulary.json").write_text(json.dumps({"token_ids": session.token_ids,
+                                                             "likely_ids": session.likely_ids}))
         plot_losses(tmp / "metrics.jsonl", tmp / "loss.png")
     shutil.rmtree(work, ignore_errors=True)
     return manifest
@@ -135,10 +136,15 @@ class _Session:
         self.token_ids = owner_tokens(train_set, owner_only=False).tolist()  # the llama.cpp engine's shortlist
         model = load_base_model(self.base, config)
         vocabulary, vocab_size = None, model.config.get_text_config().vocab_size
-        if loss_vocabulary_for(config, vocab_size) == "sampled":  # where the base model's mass is, before training
+        self.likely_ids: list[int] = []
+        if vocab_size >= SAMPLED_VOCABULARY_MIN:  # where the base model's mass is at the owner's turns, before training
             from llmclone.training.loss import SampledVocabulary, owner_position_marginal
 
-            vocabulary = SampledVocabulary(owner_tokens(train_set), vocab_size, owner_position_marginal(model, train_set))
+            marginal = owner_position_marginal(model, train_set)
+            if marginal is not None:  # the llama.cpp engine's shortlist keeps these too (models/shortlist.py)
+                self.likely_ids = sorted(marginal.topk(min(LIKELY_TOKENS, vocab_size)).indices.tolist())
+            if loss_vocabulary_for(config, vocab_size) == "sampled":
+                vocabulary = SampledVocabulary(owner_tokens(train_set), vocab_size, marginal)
         cuda = torch.cuda.is_available()
         precision = config.precision
         if precision == "auto":
@@ -235,6 +241,7 @@ def checkpointing_for(config: TrainConfig, model: Any) -> bool | str:
 
 
 SAMPLED_VOCABULARY_MIN = 65536
+LIKELY_TOKENS = 32768  # the base model's most likely tokens at the owner's turns, recorded for the shortlist
 
 
 def loss_vocabulary_for(config: TrainConfig, vocab_size: int) -> str:
