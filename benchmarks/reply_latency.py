@@ -1,6 +1,7 @@
 """Reply latency on this CPU: `clone.reply` against plain `transformers` `generate()` in fp32, same weights.
 
     python benchmarks/reply_latency.py [--clone DIR] [--runs 5]
+    python benchmarks/reply_latency.py --rounds 8     # baseline and llama.cpp q8_0 in turns (drift-proof)
 
 A clone of the embedded model (trained for a few steps on the bundled example if --clone is not given), a
 280-token history, 40 new tokens, greedy; median over runs, each variant in the same process. Also time to
@@ -78,7 +79,13 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=HERE / ".work" / "reply" / "dataset",
                         help="held-out samples (eval.jsonl) for the loss; default the bundled example's")
     parser.add_argument("--samples", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="instead: the baseline and llama.cpp q8_0 (full and shortlisted vocabulary, cold and next "
+                             "turn) in turns, this many rounds, medians")
     args = parser.parse_args()
+    if args.rounds:
+        in_turns(args.clone or demo_clone(), args.rounds)
+        return
 
     from transformers import TextStreamer
 
@@ -163,6 +170,47 @@ def main() -> None:
         loss = owner_loss_gguf(fast, samples)
         print(f"{name:<20} {cold_s:>7.2f} {warm_s:>12.2f} {first_s:>14.2f} {base_s / cold_s:>6.2f}x {base_s / warm_s:>6.2f}x "
               f"{loss:>8.4f} {same!s:>12}")
+
+
+def in_turns(clone_dir: Path, rounds: int) -> None:
+    """Each round times every variant once, so this machine's drift (±30% over minutes) hits all alike."""
+    from llmclone.clone import LLMClone
+
+    clone = LLMClone.load(clone_dir)
+    turns, tok = history(clone), clone._tokenizer
+    full, earlier = clone.chat_format.prompt(tok, turns), clone.chat_format.encode(tok, turns[:-1])[0]
+    cached = next((i for i, (a, b) in enumerate(zip(full, earlier, strict=False)) if a != b), len(earlier))
+    engines = {v: LLMClone.load(clone_dir, engine="llama.cpp", quant="q8_0", vocabulary=v) for v in ("full", "shortlist")}
+    times: dict[str, list[float]] = {}
+
+    def clock(name: str, fn) -> None:  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        fn()
+        times.setdefault(name, []).append(time.perf_counter() - start)
+
+    def baseline() -> None:
+        with torch.inference_mode():
+            clone._model.generate(torch.tensor([full]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                  do_sample=False, pad_token_id=tok.pad_token_id)
+
+    print(f"history {len(full)} tokens ({cached} in the KV cache on the next turn), {NEW_TOKENS} new, {rounds} rounds")
+    for _ in range(rounds):
+        clock("transformers generate(), fp32", baseline)
+        for vocabulary, fast in engines.items():
+            llm, listed = fast._llama.llm, fast._llama.shortlist
+
+            def reply(fast: LLMClone = fast) -> None:
+                fast.reply(turns, temperature=0, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+
+            llm.reset()
+            clock(f"llama.cpp q8_0 {vocabulary}, cold", reply)
+            llm.reset()
+            llm.eval(listed.to_short(full[:cached]) if listed else full[:cached])
+            clock(f"llama.cpp q8_0 {vocabulary}, next turn", reply)
+    base = statistics.median(times["transformers generate(), fp32"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:<40} median {median:5.2f} s  x{base / median:5.2f}   ({min(values):.2f}-{max(values):.2f})")
 
 
 def held_out(dataset: Path, n: int) -> list[list[dict[str, str]]]:
