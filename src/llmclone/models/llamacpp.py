@@ -139,8 +139,11 @@ class LlamaCppEngine:
         least = params.get("min_new_tokens") or 0
         listed = self.shortlist
         if listed is not None:  # the GGUF's positions; the caller keeps speaking full ids
-            ids = listed.to_short(ids)[-(self.n_ctx - params["max_new_tokens"] - 1):]
+            ids = listed.to_short(ids)
             stop_ids = [listed.position[i] for i in stop_ids if i in listed.position]
+        room = self.n_ctx - 1  # prompt and reply share the context; the prompt keeps at least half of it
+        ids = ids[-(room - min(params["max_new_tokens"], room // 2)):]
+        limit = min(params["max_new_tokens"], room - len(ids))
 
         def no_early_stop(_: Any, scores: Any) -> Any:  # as transformers' min_new_tokens: no stop token yet
             if len(out) < least:
@@ -157,6 +160,6 @@ class LlamaCppEngine:
             out.append(token)
             if on_token is not None:
                 on_token(token)
-            if len(out) >= params["max_new_tokens"] or should_stop(out):
+            if len(out) >= limit or should_stop(out):
                 break
         return out
