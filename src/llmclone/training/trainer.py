@@ -137,13 +137,14 @@ class _Session:
         model = load_base_model(self.base, config)
         vocabulary, vocab_size = None, model.config.get_text_config().vocab_size
         self.likely_ids: list[int] = []
-        if vocab_size >= SAMPLED_VOCABULARY_MIN:  # where the base model's mass is at the owner's turns, before training
+        sampled = loss_vocabulary_for(config, vocab_size) == "sampled"
+        if sampled or vocab_size >= SAMPLED_VOCABULARY_MIN:  # where the base model's mass is at the owner's turns
             from llmclone.training.loss import SampledVocabulary, owner_position_marginal
 
             marginal = owner_position_marginal(model, train_set)
-            if marginal is not None:  # the llama.cpp engine's shortlist keeps these too (models/shortlist.py)
+            if marginal is not None and vocab_size >= SAMPLED_VOCABULARY_MIN:  # kept by the llama.cpp shortlist
                 self.likely_ids = sorted(marginal.topk(min(LIKELY_TOKENS, vocab_size)).indices.tolist())
-            if loss_vocabulary_for(config, vocab_size) == "sampled":
+            if sampled:
                 vocabulary = SampledVocabulary(owner_tokens(train_set), vocab_size, marginal)
         cuda = torch.cuda.is_available()
         precision = config.precision
