@@ -57,6 +57,14 @@ def history(clone: object, tokens: int = 280) -> list[dict[str, str]]:
     return turns
 
 
+def prompt_and_cached(clone, turns):  # type: ignore[no-untyped-def]
+    """The prompt's ids, and how many of them the KV cache holds on the next turn of a chat (the conversation
+    up to the other person's last message)."""
+    tok = clone._tokenizer
+    full, earlier = clone.chat_format.prompt(tok, turns), clone.chat_format.encode(tok, turns[:-1])[0]
+    return full, next((i for i, (a, b) in enumerate(zip(full, earlier, strict=False)) if a != b), len(earlier))
+
+
 def timed(fn, runs: int, setup=None) -> float:  # type: ignore[no-untyped-def]
     """Median seconds of `fn` over `runs` (after a warm-up); `setup` runs before each call, untimed."""
     if setup:
@@ -142,9 +150,7 @@ def main() -> None:
     print(f"{'engine':<20} {'cold s':>7} {'next turn s':>12} {'first token s':>14} {'× cold':>7} {'× next':>7} {'loss':>8}"
           f" {'same greedy':>12}")
     # the next turn of a chat: the cache holds the conversation up to the other person's last message
-    tok = clone._tokenizer
-    full, earlier = clone.chat_format.prompt(tok, turns), clone.chat_format.encode(tok, turns[:-1])[0]
-    cached = next((i for i, (a, b) in enumerate(zip(full, earlier, strict=False)) if a != b), len(earlier))
+    full, cached = prompt_and_cached(clone, turns)
     print(f"next turn: {cached} of the {len(full)} prompt tokens already in the KV cache")
     for quant, vocabulary in (("f16", "full"), ("q8_0", "full"), ("f16", "shortlist"), ("q8_0", "shortlist")):
         fast = LLMClone.load(clone_dir, engine="llama.cpp", quant=quant, vocabulary=vocabulary)
@@ -178,8 +184,7 @@ def in_turns(clone_dir: Path, rounds: int) -> None:
 
     clone = LLMClone.load(clone_dir)
     turns, tok = history(clone), clone._tokenizer
-    full, earlier = clone.chat_format.prompt(tok, turns), clone.chat_format.encode(tok, turns[:-1])[0]
-    cached = next((i for i, (a, b) in enumerate(zip(full, earlier, strict=False)) if a != b), len(earlier))
+    full, cached = prompt_and_cached(clone, turns)
     engines = {v: LLMClone.load(clone_dir, engine="llama.cpp", quant="q8_0", vocabulary=v) for v in ("full", "shortlist")}
     times: dict[str, list[float]] = {}
 

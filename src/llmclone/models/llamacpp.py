@@ -123,7 +123,6 @@ class LlamaCppEngine:
 
         listed = read_shortlist(path)
         self.shortlist = Shortlist(listed, tokenizer) if listed is not None else None
-        self.n_ctx = n_ctx
         with _quiet_stderr():
             self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(), verbose=False,
                              logits_all=False)
@@ -141,7 +140,7 @@ class LlamaCppEngine:
         if listed is not None:  # the GGUF's positions; the caller keeps speaking full ids
             ids = listed.to_short(ids)
             stop_ids = [listed.position[i] for i in stop_ids if i in listed.position]
-        room = self.n_ctx - 1  # prompt and reply share the context; the prompt keeps at least half of it
+        room = self.llm.n_ctx() - 1  # prompt and reply share the context; the prompt keeps at least half of it
         ids = ids[-(room - min(params["max_new_tokens"], room // 2)):]
         limit = min(params["max_new_tokens"], room - len(ids))
 

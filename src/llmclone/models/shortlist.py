@@ -94,7 +94,7 @@ class Shortlist:
                 current = best[j]
                 if current is None or cand[0] < current[0] or (cand[0] == current[0] and cand[1] < current[1]):
                     best[j] = cand
-            if best[j] is None and best[j - 1] is not None:  # no listed piece ends here: the character's bytes
+            if best[j] is None:  # no listed piece ends here: the character's bytes (best[j - 1] always exists)
                 prev = best[j - 1]
                 assert prev is not None
                 raw = piece[j - 1].replace("▁", " ").encode("utf-8")
@@ -106,7 +106,7 @@ class Shortlist:
 
     def _index(self) -> None:
         pieces = self._tokenizer.convert_ids_to_tokens(self.full)
-        special = {i for i in self._tokenizer.added_tokens_decoder}
+        special = set(self._tokenizer.added_tokens_decoder)
         self._pieces = {p: s for s, (p, f) in enumerate(zip(pieces, self.full, strict=True))
                         if f not in special and not (p.startswith("<0x") and len(p) == 6)}
         self._longest = max(map(len, self._pieces), default=1)
