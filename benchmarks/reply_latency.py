@@ -1,7 +1,8 @@
 """Reply latency on this CPU: `clone.reply` against plain `transformers` `generate()` in fp32, same weights.
 
     python benchmarks/reply_latency.py [--clone DIR] [--runs 5]
-    python benchmarks/reply_latency.py --rounds 8     # baseline and llama.cpp q8_0 in turns (drift-proof)
+    python benchmarks/reply_latency.py --rounds 8     # baseline and llama.cpp q8_0 in turns (drift-proof);
+                                                      # also the next turn after another chat's reply
 
 A clone of the embedded model (trained for a few steps on the bundled example if --clone is not given), a
 280-token history, 40 new tokens, greedy; median over runs, each variant in the same process. Also time to
@@ -159,8 +160,8 @@ def main() -> None:
         llm = fast._llama.llm
         before = listed.to_short(full[:cached]) if listed else full[:cached]
 
-        def earlier_turns(llm=llm, before=before) -> None:  # type: ignore[no-untyped-def]
-            llm.reset()
+        def earlier_turns(llm=llm, before=before, fast=fast) -> None:  # type: ignore[no-untyped-def]
+            fast._llama.forget()
             llm.eval(before)
 
         def reply(fast: LLMClone = fast) -> None:
@@ -169,9 +170,9 @@ def main() -> None:
         def first_token(fast: LLMClone = fast) -> None:
             fast.reply(turns, temperature=0, max_new_tokens=1)
 
-        cold_s = timed(reply, args.runs, setup=llm.reset)
+        cold_s = timed(reply, args.runs, setup=fast._llama.forget)
         warm_s = timed(reply, args.runs, setup=earlier_turns)
-        first_s = timed(first_token, args.runs, setup=llm.reset)
+        first_s = timed(first_token, args.runs, setup=fast._llama.forget)
         same = fast.reply(turns, temperature=0, max_new_tokens=NEW_TOKENS) == greedy
         loss = owner_loss_gguf(fast, samples)
         print(f"{name:<20} {cold_s:>7.2f} {warm_s:>12.2f} {first_s:>14.2f} {base_s / cold_s:>6.2f}x {base_s / warm_s:>6.2f}x "
@@ -198,6 +199,7 @@ def in_turns(clone_dir: Path, rounds: int) -> None:
             clone._model.generate(torch.tensor([full]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
                                   do_sample=False, pad_token_id=tok.pad_token_id)
 
+    other = tok(" ".join(m["content"] for m in reversed(turns)))["input_ids"][: len(full)]  # another chat's history
     print(f"history {len(full)} tokens ({cached} in the KV cache on the next turn), {NEW_TOKENS} new, {rounds} rounds")
     for _ in range(rounds):
         clock("transformers generate(), fp32", baseline)
@@ -207,11 +209,19 @@ def in_turns(clone_dir: Path, rounds: int) -> None:
             def reply(fast: LLMClone = fast) -> None:
                 fast.reply(turns, temperature=0, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
 
-            llm.reset()
+            fast._llama.forget()
             clock(f"llama.cpp q8_0 {vocabulary}, cold", reply)
-            llm.reset()
-            llm.eval(listed.to_short(full[:cached]) if listed else full[:cached])
+            before = listed.to_short(full[:cached]) if listed else full[:cached]
+            fast._llama.forget()
+            llm.eval(before)
             clock(f"llama.cpp q8_0 {vocabulary}, next turn", reply)
+            # the same, after a reply in another chat replaced the context: the engine restores this chat's state
+            fast._llama.forget()
+            llm.eval(before)
+            fast._llama.conversations.save(len(before))
+            llm.reset()
+            llm.eval(listed.to_short(other) if listed else other)
+            clock(f"llama.cpp q8_0 {vocabulary}, next turn, other chat between", reply)
     base = statistics.median(times["transformers generate(), fp32"])
     for name, values in times.items():
         median = statistics.median(values)

@@ -91,3 +91,21 @@ def test_gguf_of_embedded_clone_loads_back_with_the_same_predictions(embedded_ho
     torch.testing.assert_close(torch.tensor(short16.scores[len(ids) - 1]), cpp[listed.full], atol=2e-2, rtol=0)
     replies = q8.reply([{"role": "user", "content": "hi"}], max_new_tokens=8)
     assert isinstance(replies, list) and all("User:" not in m for m in replies)
+
+    # a reply in another chat replaces llama.cpp's context; the first chat's KV state is kept and resumed, and
+    # its next turn is the reply a cold context gives
+    q8._llama.forget()
+    chat = [{"role": "user", "content": "привет! как дела?"}]
+    first = q8.reply(chat, temperature=0, max_new_tokens=8)
+    q8.reply([{"role": "user", "content": "what are you up to tonight?"}], temperature=0, max_new_tokens=8)
+    assert len(q8._llama.conversations.saved) == 2
+    chat += [{"role": "assistant", "content": "\n".join(first)}, {"role": "user", "content": "ну и?"}]
+    earlier = listed.to_short(q8.chat_format.prompt(q8._tokenizer, chat[:1]))
+    resumed = q8.reply(chat, temperature=0, max_new_tokens=8)
+    assert list(q8._llama.llm._input_ids[: len(earlier)]) == earlier  # continued from the first chat's state
+    assert len(q8._llama.conversations.saved) == 2  # the chat's newer state replaced its older one
+    q8._llama.forget()
+    assert q8.reply(chat, temperature=0, max_new_tokens=8) == resumed
+    q8._llama.conversations.budget = 1  # over the memory budget: only the most recent chat is kept
+    q8.reply([{"role": "user", "content": "hi"}], temperature=0, max_new_tokens=4)
+    assert len(q8._llama.conversations.saved) == 1

@@ -3,7 +3,8 @@
 The clone is exported once (merged f16 weights, `llmclone export --gguf`), quantised (q8_0 by default) and
 cached under `$LLMCLONE_HOME/gguf/`, keyed by the adapter's bytes. Prompts are the same token ids the torch
 path builds (one chat format); llama.cpp keeps the KV cache of the previous call and reuses its longest
-common prefix, so the next turn of a conversation only evaluates the new messages.
+common prefix, so the next turn of a conversation only evaluates the new messages; the KV caches of recent
+conversations are kept too (`models/kv_states.py`), so that holds when the clone answers several chats in turn.
 
 By default the GGUF's vocabulary is shortlisted (`models/shortlist.py`): the output layer scores the ~40k
 tokens the clone uses instead of all 262k, which halves the bytes read per generated token.
@@ -119,6 +120,7 @@ class LlamaCppEngine:
         require()
         from llama_cpp import Llama
 
+        from llmclone.models.kv_states import ConversationStates
         from llmclone.models.shortlist import Shortlist, read_shortlist
 
         listed = read_shortlist(path)
@@ -127,6 +129,12 @@ class LlamaCppEngine:
             self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(), verbose=False,
                              logits_all=False)
         atexit.register(self.llm.close)  # before interpreter teardown, when llama.cpp's own finaliser fails
+        self.conversations = ConversationStates(self.llm)
+
+    def forget(self) -> None:
+        """Drop every conversation's KV cache (the next reply is cold)."""
+        self.conversations.saved.clear()
+        self.llm.reset()
 
     def generate(self, ids: list[int], params: dict[str, Any], stop_ids: list[int],
                  should_stop: Callable[[list[int]], bool], on_token: Callable[[int], None] | None = None) -> list[int]:
@@ -149,6 +157,7 @@ class LlamaCppEngine:
                 scores[stop_ids] = -float("inf")
             return scores
 
+        self.conversations.restore_best(ids)  # another chat's earlier turns may be kept: continue from them
         for token in self.llm.generate(ids, temp=temperature, top_p=params.get("top_p", 1.0) if temperature else 1.0,
                                        top_k=0, min_p=0.0, repeat_penalty=params.get("repetition_penalty", 1.0),
                                        logits_processor=[no_early_stop] if least else None):
@@ -161,4 +170,5 @@ class LlamaCppEngine:
                 on_token(token)
             if len(out) >= limit or should_stop(out):
                 break
+        self.conversations.save(len(ids))
         return out
