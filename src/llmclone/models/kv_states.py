@@ -31,8 +31,8 @@ class ConversationStates:
         # tokens' bytes -> (tokens, length of the prompt they began with, llama.cpp state)
         self.saved: OrderedDict[bytes, tuple[np.ndarray, int, bytes]] = OrderedDict()
 
-    def restore_best(self, ids: list[int]) -> int:
-        """Make the context the one sharing the longest prefix with `ids`; returns that prefix's length."""
+    def restore_best(self, ids: list[int]) -> None:
+        """Make the context the one sharing the longest prefix with `ids`."""
         import llama_cpp
 
         want = np.asarray(ids, dtype=np.intc)
@@ -43,18 +43,17 @@ class ConversationStates:
             if n > best:
                 best, choice = n, key
         if choice is None:
-            return best
+            return
         tokens, _, state = self.saved[choice]
         self.saved.move_to_end(choice)
         buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
         if llama_cpp.llama_state_set_data(self.llm._ctx.ctx, buffer, len(state)) != len(state):
             self.saved.pop(choice)  # not restorable: evaluate from scratch instead
             self.llm.reset()
-            return 0
+            return
         self.llm.input_ids[: len(tokens)] = tokens
         self.llm.n_tokens = len(tokens)
         self.llm._requires_eval = True  # the logits are not restored: llama-cpp-python re-evaluates the last token
-        return best
 
     def save(self, prompt_length: int) -> None:
         """Keep the live context's state (`prompt_length` of its tokens were the prompt, the rest the reply). A
