@@ -119,9 +119,12 @@ def _adapter(clone: Path) -> dict[str, torch.Tensor]:
     return load_file(clone / "adapter" / "adapter_model.safetensors")
 
 
+@pytest.mark.parametrize("loss_vocabulary", ["full", "sampled"])
 def test_resume_equals_uninterrupted(tiny_model: Path, example_dataset: Path, tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tiny_config(tiny_model, max_steps=6, save_steps=100, lora_dropout=0.0)
+                                     monkeypatch: pytest.MonkeyPatch, loss_vocabulary: str) -> None:
+    """Ctrl-C at step 3, then --resume: the same adapter as one run. Sampled: the resumed run draws from the
+    marginal its checkpoint kept (its own first micro-batch would see trained adapters)."""
+    config = tiny_config(tiny_model, max_steps=6, save_steps=100, lora_dropout=0.0, loss_vocabulary=loss_vocabulary)
     train(example_dataset, tmp_path / "straight", config, quiet=True)
 
     from llmclone.training import callbacks
@@ -137,6 +140,8 @@ def test_resume_equals_uninterrupted(tiny_model: Path, example_dataset: Path, tm
     with pytest.raises(Interrupted, match="--resume"):
         train(example_dataset, tmp_path / "resumed", config, quiet=True)
     assert not (tmp_path / "resumed").exists()
+    kept = list((tmp_path / ".resumed.partial" / "checkpoints").glob("checkpoint-*/owner_marginal.pt"))
+    assert len(kept) == (loss_vocabulary == "sampled")
     monkeypatch.setattr(callbacks.CtrlCStop, "on_step_end", original)
     with pytest.raises(UserError, match="other settings"):
         train(example_dataset, tmp_path / "resumed", tiny_config(tiny_model, max_steps=6, lora_r=4), resume=True)

@@ -221,8 +221,14 @@ def test_cpu_dropout_masks_are_bernoulli_and_replayed_in_backward() -> None:
     assert not torch.allclose(_DroppedProjection.apply(x, weight, 0.3), out)  # the generator moved on: another
 
 
-def test_folded_lora_dropout_saves_less_for_backward(tiny_model: Path) -> None:
-    """The point of folding: q, k and v share one saved input instead of a dropped copy and a mask each."""
+@pytest.mark.parametrize("masks", ["torch", "pcg64"])
+def test_folded_lora_dropout_saves_less_for_backward(tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      masks: str) -> None:
+    """The point of folding: q, k and v share one saved input instead of a dropped copy and a mask each (the
+    GPU path, "torch"); the CPU path ("pcg64") also keeps each 1-byte mask, still saving most of it."""
+    from llmclone.training import lora_dropout
+
+    monkeypatch.setattr(lora_dropout, "CPU_MASKS", masks)
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -252,7 +258,9 @@ def test_folded_lora_dropout_saves_less_for_backward(tiny_model: Path) -> None:
     folded = saved_bytes(folded_model)
     hidden = 256 * folded_model.config.hidden_size * 4  # one fp32 hidden state of this batch
     # per layer: q, k, v, o each saved a dropped input (1 hidden) and a bool mask (1/4); now one shared input
-    assert plain - folded >= folded_model.config.num_hidden_layers * 3 * hidden
+    # (and on the CPU path the four masks, ~1 hidden)
+    saved = 3 if masks == "torch" else 2
+    assert plain - folded >= folded_model.config.num_hidden_layers * saved * hidden
 
 
 
@@ -312,6 +320,32 @@ def test_sampled_vocabulary_in_the_trainer(tiny_model: Path, example_dataset: Pa
                                                                                      targets[keep]))
     torch.testing.assert_close(loss_value, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(loss_value, full)
+
+
+def test_marginal_is_the_base_models_at_the_first_micro_batch(tiny_model: Path, example_dataset: Path,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sampled softmax's proposal comes from the first training micro-batch: the base model's (no adapter)
+    mean next-token distribution at its owner positions (up to 512), computed a few rows at a time."""
+    monkeypatch.setattr(loss, "CHUNK_BYTES", 4 * 400 * 7)  # 7 rows of the 400-token vocabulary per chunk
+    _, trainer, _, batch = _tiny_trainer(tiny_model, example_dataset, tmp_path, loss_vocabulary="sampled")
+    sampled = trainer.sampled_vocabulary
+    uniform = sampled.q.clone()
+    trainer.compute_loss(trainer.model.eval(), dict(batch))
+    assert trainer.owner_marginal is None  # evaluation does not count: only a training micro-batch
+    trainer.compute_loss(trainer.model.train(), dict(batch))
+    marginal = trainer.owner_marginal
+
+    targets = batch["labels"][0, 1:]
+    model = trainer.model.eval()
+    with torch.no_grad(), model.disable_adapter():  # the packed row's attention as in training, no LoRA
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0, :-1]
+    expected = logits[targets != -100][:512].softmax(-1).mean(0)
+    assert (targets != -100).sum() > 7  # several chunks
+    torch.testing.assert_close(marginal, expected, rtol=1e-4, atol=1e-6)
+    favoured = expected.double()[sampled.others]
+    torch.testing.assert_close(sampled.q, 0.5 * uniform + 0.5 * favoured / favoured.sum())
+    trainer.compute_loss(trainer.model.train(), dict(batch))
+    assert trainer.owner_marginal is marginal  # taken once
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU default")

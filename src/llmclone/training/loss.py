@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer
 
 CHUNK_BYTES = 64 << 20  # fp32 logits per chunk
@@ -81,14 +83,18 @@ class SampledVocabulary:
         others = torch.ones(vocab_size, dtype=torch.bool)
         others[owner_tokens] = False
         self.others = others.nonzero().flatten()
+        self.samples = samples
+        self._index = torch.full((vocab_size,), -1, dtype=torch.long)
+        self._index[owner_tokens] = torch.arange(owner_tokens.numel())
+        self.use_proposal(proposal)
+
+    def use_proposal(self, proposal: torch.Tensor | None) -> None:
+        """Draw from ½ uniform + ½ `proposal` (a distribution over the whole vocabulary); uniform if None."""
         q = torch.full((self.others.numel(),), 1.0 / self.others.numel(), dtype=torch.float64)
         if proposal is not None:
             favoured = proposal.double()[self.others]
             q = 0.5 * q + 0.5 * favoured / favoured.sum().clamp(min=1e-30)
         self.q = q
-        self.samples = samples
-        self._index = torch.full((vocab_size,), -1, dtype=torch.long)
-        self._index[owner_tokens] = torch.arange(owner_tokens.numel())
 
     def draw(self, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows of the output layer, the targets as indices into them, and each row's log-weight."""
@@ -100,26 +106,29 @@ class SampledVocabulary:
         return rows, self._index.to(device)[targets], log_weights.to(device)
 
 
+MARGINAL_POSITIONS = 512  # enough for where the base model's mass sits; each costs a 262k-wide row on Gemma
+
+
 @torch.no_grad()
-def owner_position_marginal(model: Any, train_set: Any, positions: int = 512) -> torch.Tensor:
-    """The base model's mean next-token distribution over (up to) `positions` owner positions of the set."""
-    total, seen = None, 0
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    for ids, mask in zip(train_set["input_ids"], train_set["assistant_masks"], strict=True):
-        keep = [i - 1 for i, m in enumerate(mask) if m and i > 0]
-        if not keep:
-            continue
-        logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False,
-                       logits_to_keep=torch.tensor(keep, device=device)).logits[0].float()
-        probs = logits.softmax(-1).sum(0).cpu()
-        total = probs if total is None else total + probs
-        seen += len(keep)
-        if seen >= positions:
-            break
-    model.train(was_training)
-    return total / max(seen, 1) if total is not None else None
+def mean_next_token_distribution(hidden: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean softmax of `hidden @ weight.T` over the rows (of `hidden` itself if `weight` is None: logits).
+
+    A chunk of rows at a time in one reused buffer: 512 rows of Gemma's 262k logits would be 0.5 GiB, and
+    fresh buffers of that size cost more in page faults here than the softmax itself."""
+    vocab = weight.size(0) if weight is not None else hidden.size(1)
+    rows = max(1, CHUNK_BYTES // (4 * vocab))
+    total = torch.zeros(vocab, dtype=torch.float32, device=hidden.device)
+    buffer = torch.empty(min(rows, hidden.size(0)), vocab, dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.size(0), rows):
+        chunk = hidden[start:start + rows]
+        logits = buffer[:chunk.size(0)]
+        if weight is not None and weight.dtype == torch.float32:
+            torch.mm(chunk.float(), weight.T, out=logits)
+        else:
+            logits.copy_(chunk.to(weight.dtype) @ weight.T if weight is not None else chunk)
+        logits.sub_(logits.amax(1, keepdim=True)).exp_()
+        total.addmv_(logits.T, logits.sum(1).reciprocal())  # each row's exp over its sum, summed over rows
+    return total / max(hidden.size(0), 1)
 
 
 def _causal_lm(model: Any) -> Any:
@@ -149,9 +158,42 @@ def hidden_states_out(model: Any, head: nn.Linear) -> Iterator[None]:
         causal_lm.set_output_embeddings(head)
 
 
+MARGINAL_FILE = "owner_marginal.pt"
+
+
 class CloneTrainer(SFTTrainer):
     # When set, the training softmax is sampled (TrainConfig.loss_vocabulary); evaluation is always exact.
     sampled_vocabulary: SampledVocabulary | None = None
+    # When set, the trainer records the base model's mean next-token distribution at the owner's positions
+    # (`owner_marginal`): the sampled softmax draws from it, the llama.cpp shortlist keeps its likely tokens.
+    wants_marginal: bool = False
+    owner_marginal: torch.Tensor | None = None
+
+    def _take_marginal(self, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
+        """From the first training micro-batch: before the first optimizer step LoRA's B matrices are zero, so
+        its hidden states are the base model's, and the forward pass that made them was needed anyway (a
+        separate pass over the training set took ~4 s of a ~35 s CPU benchmark run)."""
+        marginal = mean_next_token_distribution(rows[:MARGINAL_POSITIONS].detach(), weight)
+        if self.accelerator.num_processes > 1:  # every rank draws from the same proposal
+            marginal = self.accelerator.reduce(marginal, "mean")
+        self._use_marginal(marginal.cpu())
+
+    def _use_marginal(self, marginal: torch.Tensor) -> None:
+        self.owner_marginal = marginal
+        if self.sampled_vocabulary is not None:
+            self.sampled_vocabulary.use_proposal(marginal)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        # A resumed run's first micro-batch has trained adapters: it takes the marginal its checkpoint kept.
+        if isinstance(resume_from_checkpoint, str) and (Path(resume_from_checkpoint) / MARGINAL_FILE).exists():
+            self._use_marginal(torch.load(Path(resume_from_checkpoint) / MARGINAL_FILE, weights_only=True))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.owner_marginal is not None and self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            torch.save(self.owner_marginal, folder / MARGINAL_FILE)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -164,12 +206,16 @@ class CloneTrainer(SFTTrainer):
         if head is not None:
             with hidden_states_out(unwrapped, head):
                 outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+            if model.training and self.wants_marginal and self.owner_marginal is None:
+                self._take_marginal(outputs.logits[0], head.weight)
             weight, target, log_weights = head.weight, targets[0, keep], None
             if self.sampled_vocabulary is not None and model.training:
                 weight, target, log_weights = self.sampled_vocabulary.draw(weight, target)
             loss = chunked_cross_entropy(outputs.logits[0], weight, target, log_weights)
         else:
             outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+            if model.training and self.wants_marginal and self.owner_marginal is None:
+                self._take_marginal(outputs.logits[0], None)
             loss = F.cross_entropy(outputs.logits[0].float(), targets[0, keep], reduction="sum")
         count = num_items_in_batch if num_items_in_batch is not None else keep.numel()
         loss = loss / torch.as_tensor(count, device=loss.device).clamp(min=1)

@@ -114,6 +114,15 @@ class _Session:
         self.chat_format = ChatFormat.for_tokenizer(self.tokenizer, config.chat_format)
         self._trainer: Any = None
 
+    @property
+    def likely_ids(self) -> list[int]:
+        """The base model's most likely tokens at the owner's turns (for the llama.cpp shortlist); [] for
+        vocabularies small enough to keep whole."""
+        marginal = self._trainer.owner_marginal if self._trainer is not None else None
+        if marginal is None or marginal.numel() < SAMPLED_VOCABULARY_MIN:
+            return []
+        return sorted(marginal.topk(min(LIKELY_TOKENS, marginal.numel())).indices.tolist())
+
     def trainer(self, train_samples: list, eval_samples: list) -> Any:
         import datasets
         import torch
@@ -135,17 +144,8 @@ class _Session:
             raise UserError("no training sample has an owner turn left after truncation; raise max_length.")
         self.token_ids = owner_tokens(train_set, owner_only=False).tolist()  # the llama.cpp engine's shortlist
         model = load_base_model(self.base, config)
-        vocabulary, vocab_size = None, model.config.get_text_config().vocab_size
-        self.likely_ids: list[int] = []
+        vocab_size = model.config.get_text_config().vocab_size
         sampled = loss_vocabulary_for(config, vocab_size) == "sampled"
-        if sampled or vocab_size >= SAMPLED_VOCABULARY_MIN:  # where the base model's mass is at the owner's turns
-            from llmclone.training.loss import SampledVocabulary, owner_position_marginal
-
-            marginal = owner_position_marginal(model, train_set)
-            if marginal is not None and vocab_size >= SAMPLED_VOCABULARY_MIN:  # kept by the llama.cpp shortlist
-                self.likely_ids = sorted(marginal.topk(min(LIKELY_TOKENS, vocab_size)).indices.tolist())
-            if sampled:
-                vocabulary = SampledVocabulary(owner_tokens(train_set), vocab_size, marginal)
         cuda = torch.cuda.is_available()
         precision = config.precision
         if precision == "auto":
@@ -210,8 +210,11 @@ class _Session:
                 raise UserError(f"target_modules {config.target_modules} do not exist in this model; use names of "
                                 "its linear layers or 'all-linear'.") from None
             raise
-        if vocabulary is not None:
-            self._trainer.sampled_vocabulary = vocabulary
+        if sampled:  # uniform until the first micro-batch gives the base model's marginal (CloneTrainer)
+            from llmclone.training.loss import SampledVocabulary
+
+            self._trainer.sampled_vocabulary = SampledVocabulary(owner_tokens(train_set), vocab_size)
+        self._trainer.wants_marginal = sampled or vocab_size >= SAMPLED_VOCABULARY_MIN
         from llmclone.training.lora_dropout import fold_dropout
 
         fold_dropout(self._trainer.model)  # before DDP wraps it: less saved for backward, same LoRA
