@@ -60,8 +60,8 @@ class TrainConfig(BaseModel):
     # "auto": Liger's fused Triton kernels (RMSNorm, SwiGLU, RoPE) on a GPU when liger-kernel is installed
     kernels: Literal["auto", "liger", "none"] = "auto"
     # The training softmax. "full": exact. "sampled": exact over the tokens the owner's turns contain, the other
-    # ~250k of Gemma's tokens estimated each micro-step from 8,192 drawn where the base model puts its mass
-    # (training/loss.py), after a ~10 s pass of the base model. "auto": sampled on a CPU when the vocabulary is
+    # ~250k of Gemma's tokens estimated each micro-step from 8,192 drawn where the base model puts its mass at
+    # the first micro-batch's owner positions (training/loss.py). "auto": sampled on a CPU when the vocabulary is
     # large (>= 65,536: the output layer is then most of a CPU step), exact on GPUs. On real chats ~1.35x faster
     # steps than exact (1.0-1.5x in six runs) at the same held-out loss (benchmarks/README.md). Evaluation is
     # always exact.
