@@ -152,8 +152,48 @@ def test_resume_equals_uninterrupted(tiny_model: Path, example_dataset: Path, tm
         torch.testing.assert_close(straight[key], resumed[key], atol=1e-6, rtol=1e-5)
 
 
-def test_qlora_on_cpu(tiny_model: Path, example_dataset: Path, tmp_path: Path) -> None:
+def test_checkpoints_every_save_steps_and_none_after_the_last_step(tiny_model: Path, example_dataset: Path,
+                                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    """Checkpoints every `save_steps`, none after the last step (the clone is written from memory, the work
+    folder removed), and one where Ctrl-C stops a run even when that is the last step."""
+    from llmclone.training.loss import CloneTrainer
+
+    saved: list[int] = []
+    original = CloneTrainer._save_checkpoint
+
+    def recording(self, model, trial):  # type: ignore[no-untyped-def]
+        saved.append(self.state.global_step)
+        return original(self, model, trial)
+
+    monkeypatch.setattr(CloneTrainer, "_save_checkpoint", recording)
+    train(example_dataset, tmp_path / "clone", tiny_config(tiny_model, max_steps=5, save_steps=2), quiet=True)
+    assert saved == [2, 4]
+
+    from llmclone.training import callbacks
+
+    press = callbacks.CtrlCStop.on_step_end
+
+    def ctrl_c_at_the_last_step(self, args, state, control, **kw):  # type: ignore[no-untyped-def]
+        self.session.interrupted = state.global_step == state.max_steps
+        return press(self, args, state, control, **kw)
+
+    monkeypatch.setattr(callbacks.CtrlCStop, "on_step_end", ctrl_c_at_the_last_step)
+    saved.clear()
+    with pytest.raises(Interrupted):
+        train(example_dataset, tmp_path / "stopped", tiny_config(tiny_model, max_steps=3, save_steps=2), quiet=True)
+    assert saved == [2, 3]
+
+
+def test_qlora_on_cpu(tiny_model: Path, example_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                      ) -> None:
+    """QLoRA on a CPU, as on one with AVX512-BF16 (told so here: bitsandbytes would repack the 4-bit layers for
+    its inference kernel at the evaluation before training, cutting their input gradients; the tiny model's
+    layers are too narrow for that packing and fail outright)."""
     pytest.importorskip("bitsandbytes")
+    import bitsandbytes.nn.modules
+
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
     manifest = train(example_dataset, tmp_path / "q", tiny_config(tiny_model, quantize="4bit", max_steps=2,
                                                                     target_modules="all-linear"), quiet=True)
     assert manifest["training"]["quantize"] == "4bit" and manifest["metrics"]["train_loss"] > 0

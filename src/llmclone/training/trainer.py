@@ -303,8 +303,22 @@ def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
     # output layer and norms of a bf16 model to fp32 (~1 GiB more on a 7B model) for no gain with frozen weights.
     for param in model.parameters():
         param.requires_grad = False
+    if config.quantize == "4bit" and not cuda:
+        _keep_4bit_layers_trainable(model)
     model.config.use_cache = False
     return model
+
+
+def _keep_4bit_layers_trainable(model: Any) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit layer for its bf16 inference kernel at the
+    first no-grad forward (our evaluation at the start of training), and the repacked layer then passes no
+    gradient to its input in training (checked on an AMD EPYC: input grad None), so the LoRA layers below it
+    would train on a cut graph; it also fails on layers narrower than the 64-value quantization block."""
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _param_bytes(model: Any) -> int:
