@@ -326,7 +326,7 @@ def test_marginal_is_the_base_models_at_the_first_micro_batch(tiny_model: Path, 
                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The sampled softmax's proposal comes from the first training micro-batch: the base model's (no adapter)
     mean next-token distribution at its owner positions (up to 512), computed a few rows at a time."""
-    monkeypatch.setattr(loss, "CHUNK_BYTES", 4 * 400 * 7)  # 7 rows of the 400-token vocabulary per chunk
+    monkeypatch.setattr(loss, "MARGINAL_CHUNK_BYTES", 4 * 400 * 7)  # 7 rows of the 400-token vocabulary per chunk
     _, trainer, _, batch = _tiny_trainer(tiny_model, example_dataset, tmp_path, loss_vocabulary="sampled")
     sampled = trainer.sampled_vocabulary
     uniform = sampled.q.clone()

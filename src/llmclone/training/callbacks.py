@@ -67,7 +67,11 @@ class MetricsFile(TrainerCallback):
 
 
 class CtrlCStop(TrainerCallback):
-    """After Ctrl-C, save a checkpoint at the end of the current step and stop."""
+    """After Ctrl-C, save a checkpoint at the end of the current step and stop.
+
+    And no checkpoint after the last step: transformers saves one there, but a finished run's clone is written
+    from the model in memory and its work folder removed (on the embedded model that save was 0.7 s of a
+    6-step run, the tokenizer alone 33 MB)."""
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -76,3 +80,5 @@ class CtrlCStop(TrainerCallback):
         if self.session.interrupted:
             control.should_save = True
             control.should_training_stop = True
+        elif state.global_step >= state.max_steps:
+            control.should_save = False

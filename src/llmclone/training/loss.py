@@ -107,27 +107,30 @@ class SampledVocabulary:
 
 
 MARGINAL_POSITIONS = 512  # enough for where the base model's mass sits; each costs a 262k-wide row on Gemma
+# Each chunk of the marginal streams the whole output layer from memory (671 MB on Gemma), so it takes wide
+# chunks: 512 rows on this CPU took 1.9 s in 64-row (64 MiB) chunks, 1.26 s in 256-row (256 MiB) ones.
+MARGINAL_CHUNK_BYTES = 256 << 20
 
 
 @torch.no_grad()
 def mean_next_token_distribution(hidden: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     """Mean softmax of `hidden @ weight.T` over the rows (of `hidden` itself if `weight` is None: logits).
 
-    A chunk of rows at a time in one reused buffer: 512 rows of Gemma's 262k logits would be 0.5 GiB, and
-    fresh buffers of that size cost more in page faults here than the softmax itself."""
+    Logits are computed vocabulary-major (`weight @ chunk.T`, ~20% faster here than row-major), a chunk of rows
+    at a time in one reused buffer: fresh buffers of this size cost more in page faults than the softmax."""
     vocab = weight.size(0) if weight is not None else hidden.size(1)
-    rows = max(1, CHUNK_BYTES // (4 * vocab))
+    rows = max(1, MARGINAL_CHUNK_BYTES // (4 * vocab))
     total = torch.zeros(vocab, dtype=torch.float32, device=hidden.device)
-    buffer = torch.empty(min(rows, hidden.size(0)), vocab, dtype=torch.float32, device=hidden.device)
+    buffer = torch.empty(vocab * min(rows, hidden.size(0)), dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.size(0), rows):
         chunk = hidden[start:start + rows]
-        logits = buffer[:chunk.size(0)]
+        logits = buffer[: vocab * chunk.size(0)].view(vocab, chunk.size(0))  # contiguous for the ragged last one
         if weight is not None and weight.dtype == torch.float32:
-            torch.mm(chunk.float(), weight.T, out=logits)
+            torch.mm(weight, chunk.float().T, out=logits)
         else:
-            logits.copy_(chunk.to(weight.dtype) @ weight.T if weight is not None else chunk)
-        logits.sub_(logits.amax(1, keepdim=True)).exp_()
-        total.addmv_(logits.T, logits.sum(1).reciprocal())  # each row's exp over its sum, summed over rows
+            logits.copy_((chunk.to(weight.dtype) @ weight.T).T if weight is not None else chunk.T)
+        logits.sub_(logits.amax(0, keepdim=True)).exp_()
+        total.addmv_(logits, logits.sum(0).reciprocal())  # each column's exp over its sum, summed over columns
     return total / max(hidden.size(0), 1)
 
 
@@ -172,7 +175,7 @@ class CloneTrainer(SFTTrainer):
     def _take_marginal(self, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
         """From the first training micro-batch: before the first optimizer step LoRA's B matrices are zero, so
         its hidden states are the base model's, and the forward pass that made them was needed anyway (a
-        separate pass over the training set took 8.6-10 s on this CPU; the logits here take ~2.3 s)."""
+        separate pass over the training set took 8.6-10 s on this CPU; the logits here take ~1.3-2.3 s)."""
         marginal = mean_next_token_distribution(rows[:MARGINAL_POSITIONS].detach(), weight)
         if self.accelerator.num_processes > 1:  # every rank draws from the same proposal
             marginal = self.accelerator.reduce(marginal, "mean")
