@@ -185,6 +185,30 @@ def test_checkpoints_every_save_steps_and_none_after_the_last_step(tiny_model: P
     assert saved == [2, 3]
 
 
+def test_bf16_on_a_cpu_that_multiplies_it(tiny_model: Path, example_dataset: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """precision "auto" on a CPU with AVX512-BF16 or AMX: frozen weights in bf16, adapters in fp32, and it learns;
+    without such a CPU, fp32."""
+    from llmclone.models.base_models import resolve
+    from llmclone.training import trainer as trainer_module
+    from llmclone.training.data import training_samples
+    from llmclone.training.trainer import _Session, precision_for
+
+    assert precision_for(TrainConfig()) == ("bf16" if torch.cuda.is_available() else "fp32")  # conftest: no bf16
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16", lambda: True)
+    config = tiny_config(tiny_model, max_steps=20, eval_steps=100, learning_rate=3e-2, lora_r=16,
+                         target_modules="all-linear", lr_scheduler="constant")
+    assert precision_for(config) == "bf16"
+    session = _Session(resolve(config.model), config, tmp_path, quiet=True)
+    trainer = session.trainer(training_samples(example_dataset, config)[0], [])
+    frozen = {p.dtype for p in trainer.model.parameters() if not p.requires_grad}
+    trained = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trained == {torch.float32} and trainer.args.bf16
+    trainer.train()
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    assert len(losses) == 20 and min(losses[-5:]) < losses[0] - 0.3
+
+
 def test_qlora_on_cpu(tiny_model: Path, example_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                       ) -> None:
     """QLoRA on a CPU, as on one with AVX512-BF16 (told so here: bitsandbytes would repack the 4-bit layers for

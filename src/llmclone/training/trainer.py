@@ -147,9 +147,7 @@ class _Session:
         vocab_size = model.config.get_text_config().vocab_size
         sampled = loss_vocabulary_for(config, vocab_size) == "sampled"
         cuda = torch.cuda.is_available()
-        precision = config.precision
-        if precision == "auto":
-            precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else ("fp16" if cuda else "fp32")
+        precision = precision_for(config)
         checkpointing = checkpointing_for(config, model)
         offload = checkpointing == "offload" and cuda  # on a CPU the activations are in host memory already
         args = SFTConfig(
@@ -170,6 +168,7 @@ class _Session:
             optim="paged_adamw_8bit" if config.quantize and cuda else "adamw_torch",
             bf16=precision == "bf16",
             fp16=precision == "fp16",
+            use_cpu=not cuda,  # transformers asks for it before it allows bf16 on a CPU
             gradient_checkpointing=bool(checkpointing) and not offload,  # offloaded: switched on below
             gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing and not offload else None,
             eval_strategy="steps" if eval_set is not None else "no",
@@ -244,6 +243,32 @@ def checkpointing_for(config: TrainConfig, model: Any) -> bool | str:
     return "offload" if config.quantize is not None or big else False
 
 
+def precision_for(config: TrainConfig) -> str:
+    """"bf16", "fp16" or "fp32" (see the setting's comment for "auto"). In bf16 the frozen weights are loaded in
+    bf16 and the adapters kept in fp32."""
+    import torch
+
+    if config.precision != "auto":
+        return config.precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). Without it torch emulates bf16 at a fraction
+    of fp32's speed (38 vs 86 GFLOP/s on one host here); with it, 354 vs 141 GFLOP/s (an AMD EPYC here)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return False  # not Linux, or no flags line: fp32, which is never slow
+
+
 SAMPLED_VOCABULARY_MIN = 65536
 LIKELY_TOKENS = 32768  # the base model's most likely tokens at the owner's turns, recorded for the shortlist
 
@@ -278,7 +303,7 @@ def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
     from llmclone.training import attention
 
     cuda = torch.cuda.is_available()
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32}
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if precision_for(config) == "bf16" else torch.float32}
     implementation = config.attention
     if implementation == "auto":  # per-sample attention, except on GPUs without Flash Attention (many launches)
         implementation = "varlen" if attention.flash_available() or not cuda else "sdpa"
