@@ -9,7 +9,9 @@ Model: the embedded Gemma 3 270M. Both variants see about `--tokens` real (non-p
 - ours-exact: `llmclone train` (packed without padding, loss and logits on the owner's tokens only) with
   `loss_vocabulary = "full"`: the exact training softmax over Gemma's 262k tokens;
 - ours: the defaults on a CPU (`loss_vocabulary = "auto"` = sampled: the training softmax exact over the
-  owner's tokens, importance-sampled over the rest, placed where the base model's first micro-batch puts its mass).
+  owner's tokens, importance-sampled over the rest, placed where the base model's first micro-batch puts its mass;
+  `precision = "auto"` = bf16 frozen weights on a CPU that multiplies bf16 natively, fp32 elsewhere);
+- ours-fp32: the defaults in fp32 (what a CPU without native bf16 runs; the same as ours there).
 Reported: real tokens/s, peak RSS (each variant in its own process) and the owner-token loss on held-out
 eval samples after training, computed the same way for both. Target: >= 3x tokens/s, eval loss no worse.
 """
@@ -60,14 +62,14 @@ def eval_loss(model, tokenizer, chat_format, samples) -> float:  # type: ignore[
     return total / max(count, 1)
 
 
-def run_ours(data: Path, tokens: int, loss_vocabulary: str = "auto") -> dict:
+def run_ours(data: Path, tokens: int, loss_vocabulary: str = "auto", precision: str = "auto") -> dict:
     from llmclone.config import TrainConfig
     from llmclone.models.base_models import resolve
     from llmclone.training.data import read_samples, training_samples
     from llmclone.training.trainer import _Session
 
     config = TrainConfig(max_steps=max(1, tokens // 1024), batch_tokens=1024, eval_steps=10**6, save_steps=10**6,
-                         logging_steps=1, loss_vocabulary=loss_vocabulary)
+                         logging_steps=1, loss_vocabulary=loss_vocabulary, precision=precision)
     work = WORK / "ours"
     work.mkdir(parents=True, exist_ok=True)
     session = _Session(resolve("embedded"), config, work, quiet=True)
@@ -125,7 +127,7 @@ def run_original(data: Path, tokens: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=6000)
-    parser.add_argument("--variant", choices=["ours", "ours-exact", "original"])
+    parser.add_argument("--variant", choices=["ours", "ours-fp32", "ours-exact", "original"])
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     data = dataset()
@@ -133,7 +135,8 @@ def main() -> None:
         if args.variant == "original":
             result = run_original(data, args.tokens)
         else:
-            result = run_ours(data, args.tokens, "full" if args.variant == "ours-exact" else "auto")
+            result = run_ours(data, args.tokens, "full" if args.variant == "ours-exact" else "auto",
+                              "fp32" if args.variant == "ours-fp32" else "auto")
         result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
@@ -142,7 +145,7 @@ def main() -> None:
     rounds: list[dict[str, dict]] = []
     for _ in range(args.rounds):
         results = {}
-        for variant in ("original", "ours", "ours-exact"):
+        for variant in ("original", "ours", "ours-fp32", "ours-exact"):
             out = subprocess.run([sys.executable, __file__, "--variant", variant, "--tokens", str(args.tokens)],
                                  capture_output=True, text=True, check=True)
             results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -156,7 +159,10 @@ def main() -> None:
             cpu = r["tokens"] / r["cpu_s"] / (base["tokens"] / base["cpu_s"])
             print(f"{n:<6}{name:<11} {r['tokens']:>12} {r['seconds']:>8.1f} {r['cpu_s']:>7.1f} "
                   f"{r['tokens'] / r['seconds']:>9.1f} {wall:>6.2f}x {cpu:>9.2f}x {r['rss_mb']:>12.0f} {r['eval_loss']:>10.3f}")
-    for name in ("ours", "ours-exact"):
+    from llmclone.training.trainer import cpu_has_bf16
+
+    print(f"this CPU multiplies bf16 natively: {cpu_has_bf16()} (ours runs in {'bf16' if cpu_has_bf16() else 'fp32'})")
+    for name in ("ours", "ours-fp32", "ours-exact"):
         ratios = sorted(r[name]["tokens"] / r[name]["seconds"] / (r["original"]["tokens"] / r["original"]["seconds"])
                         for r in rounds)
         print(f"{name} / original tokens/s, per round: {', '.join(f'{x:.2f}x' for x in ratios)} (target >= 3x); "
