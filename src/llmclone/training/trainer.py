@@ -168,7 +168,7 @@ class _Session:
             optim="paged_adamw_8bit" if config.quantize and cuda else "adamw_torch",
             bf16=precision == "bf16",
             fp16=precision == "fp16",
-            use_cpu=not cuda,  # transformers asks for it before it allows bf16 on a CPU
+            use_cpu=not cuda and precision == "bf16",  # transformers asks for it before it allows bf16 on a CPU
             gradient_checkpointing=bool(checkpointing) and not offload,  # offloaded: switched on below
             gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing and not offload else None,
             eval_strategy="steps" if eval_set is not None else "no",
