@@ -206,10 +206,11 @@ class CloneTrainer(SFTTrainer):
         keep = (targets[0] != -100).nonzero().flatten()
         unwrapped = self.accelerator.unwrap_model(model)
         head = frozen_head(unwrapped) if not return_outputs else None
+        take_marginal = model.training and self.wants_marginal and self.owner_marginal is None and keep.numel()
         if head is not None:
             with hidden_states_out(unwrapped, head):
                 outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
-            if model.training and self.wants_marginal and self.owner_marginal is None and keep.numel():
+            if take_marginal:
                 self._take_marginal(outputs.logits[0], head.weight)
             weight, target, log_weights = head.weight, targets[0, keep], None
             if self.sampled_vocabulary is not None and model.training:
@@ -217,7 +218,7 @@ class CloneTrainer(SFTTrainer):
             loss = chunked_cross_entropy(outputs.logits[0], weight, target, log_weights)
         else:
             outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
-            if model.training and self.wants_marginal and self.owner_marginal is None and keep.numel():
+            if take_marginal:
                 self._take_marginal(outputs.logits[0], None)
             loss = F.cross_entropy(outputs.logits[0].float(), targets[0, keep], reduction="sum")
         count = num_items_in_batch if num_items_in_batch is not None else keep.numel()
