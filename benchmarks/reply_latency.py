@@ -51,7 +51,7 @@ def history(clone: object, tokens: int = 280) -> list[dict[str, str]]:
     turns: list[dict[str, str]] = []
     for line in rows:
         turns += json.loads(line)["messages"]
-        if len(clone.chat_format.prompt(clone._tokenizer, turns)) >= tokens:  # type: ignore[attr-defined]
+        if len(clone.chat_format.prompt(clone.tokenizer, turns)) >= tokens:  # type: ignore[attr-defined]
             break
     while turns[-1]["role"] != "user":
         turns.pop()
@@ -61,7 +61,7 @@ def history(clone: object, tokens: int = 280) -> list[dict[str, str]]:
 def prompt_and_cached(clone, turns):  # type: ignore[no-untyped-def]
     """The prompt's ids, and how many of them the KV cache holds on the next turn of a chat (the conversation
     up to the other person's last message)."""
-    tok = clone._tokenizer
+    tok = clone.tokenizer
     full, earlier = clone.chat_format.prompt(tok, turns), clone.chat_format.encode(tok, turns[:-1])[0]
     return full, next((i for i, (a, b) in enumerate(zip(full, earlier, strict=False)) if a != b), len(earlier))
 
@@ -102,8 +102,8 @@ def main() -> None:
 
     clone = LLMClone.load(args.clone or demo_clone())  # merged adapter (the default for replies)
     turns = history(clone)
-    ids = torch.tensor([clone.chat_format.prompt(clone._tokenizer, turns)])
-    model, tok = clone._model, clone._tokenizer
+    ids = torch.tensor([clone.chat_format.prompt(clone.tokenizer, turns)])
+    model, tok = clone.model, clone.tokenizer
     print(f"history: {ids.shape[1]} tokens; {NEW_TOKENS} new tokens, greedy; median of {args.runs}")
 
     def baseline() -> None:
@@ -155,13 +155,13 @@ def main() -> None:
     print(f"next turn: {cached} of the {len(full)} prompt tokens already in the KV cache")
     for quant, vocabulary in (("f16", "full"), ("q8_0", "full"), ("f16", "shortlist"), ("q8_0", "shortlist")):
         fast = LLMClone.load(clone_dir, engine="llama.cpp", quant=quant, vocabulary=vocabulary)
-        listed = fast._llama.shortlist
+        listed = fast.engine.shortlist
         name = f"{quant} {len(listed) // 1000}k vocab" if listed else f"{quant}"
-        llm = fast._llama.llm
+        llm = fast.engine.llm
         before = listed.to_short(full[:cached]) if listed else full[:cached]
 
         def earlier_turns(llm=llm, before=before, fast=fast) -> None:  # type: ignore[no-untyped-def]
-            fast._llama.forget()
+            fast.engine.forget()
             llm.eval(before)
 
         def reply(fast: LLMClone = fast) -> None:
@@ -170,9 +170,9 @@ def main() -> None:
         def first_token(fast: LLMClone = fast) -> None:
             fast.reply(turns, temperature=0, max_new_tokens=1)
 
-        cold_s = timed(reply, args.runs, setup=fast._llama.forget)
+        cold_s = timed(reply, args.runs, setup=fast.engine.forget)
         warm_s = timed(reply, args.runs, setup=earlier_turns)
-        first_s = timed(first_token, args.runs, setup=fast._llama.forget)
+        first_s = timed(first_token, args.runs, setup=fast.engine.forget)
         same = fast.reply(turns, temperature=0, max_new_tokens=NEW_TOKENS) == greedy
         loss = owner_loss_gguf(fast, samples)
         print(f"{name:<20} {cold_s:>7.2f} {warm_s:>12.2f} {first_s:>14.2f} {base_s / cold_s:>6.2f}x {base_s / warm_s:>6.2f}x "
@@ -184,7 +184,7 @@ def in_turns(clone_dir: Path, rounds: int) -> None:
     from llmclone.clone import LLMClone
 
     clone = LLMClone.load(clone_dir)
-    turns, tok = history(clone), clone._tokenizer
+    turns, tok = history(clone), clone.tokenizer
     full, cached = prompt_and_cached(clone, turns)
     engines = {v: LLMClone.load(clone_dir, engine="llama.cpp", quant="q8_0", vocabulary=v) for v in ("full", "shortlist")}
     times: dict[str, list[float]] = {}
@@ -196,7 +196,7 @@ def in_turns(clone_dir: Path, rounds: int) -> None:
 
     def baseline() -> None:
         with torch.inference_mode():
-            clone._model.generate(torch.tensor([full]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+            clone.model.generate(torch.tensor([full]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
                                   do_sample=False, pad_token_id=tok.pad_token_id)
 
     other = tok(" ".join(m["content"] for m in reversed(turns)))["input_ids"][: len(full)]  # another chat's history
@@ -204,21 +204,21 @@ def in_turns(clone_dir: Path, rounds: int) -> None:
     for _ in range(rounds):
         clock("transformers generate(), fp32", baseline)
         for vocabulary, fast in engines.items():
-            llm, listed = fast._llama.llm, fast._llama.shortlist
+            llm, listed = fast.engine.llm, fast.engine.shortlist
 
             def reply(fast: LLMClone = fast) -> None:
                 fast.reply(turns, temperature=0, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
 
-            fast._llama.forget()
+            fast.engine.forget()
             clock(f"llama.cpp q8_0 {vocabulary}, cold", reply)
             before = listed.to_short(full[:cached]) if listed else full[:cached]
-            fast._llama.forget()
+            fast.engine.forget()
             llm.eval(before)
             clock(f"llama.cpp q8_0 {vocabulary}, next turn", reply)
             # the same, after a reply in another chat replaced the context: the engine restores this chat's state
-            fast._llama.forget()
+            fast.engine.forget()
             llm.eval(before)
-            fast._llama.conversations.save(len(before))
+            fast.engine.conversations.save(len(before))
             llm.reset()
             llm.eval(listed.to_short(other) if listed else other)
             clock(f"llama.cpp q8_0 {vocabulary}, next turn, other chat between", reply)
@@ -241,9 +241,9 @@ def owner_loss_torch(clone, samples) -> float:  # type: ignore[no-untyped-def]
 
     total = count = 0.0
     for messages in samples:
-        ids, mask = clone.chat_format.encode(clone._tokenizer, messages, 512)
+        ids, mask = clone.chat_format.encode(clone.tokenizer, messages, 512)
         with torch.inference_mode():
-            logits = clone._model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, :-1].float()
+            logits = clone.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, :-1].float()
         keep = torch.tensor(mask[1:]).bool()
         total += F.cross_entropy(logits[keep], torch.tensor(ids[1:])[keep], reduction="sum").item()
         count += int(keep.sum())
@@ -256,11 +256,11 @@ def owner_loss_gguf(fast, samples) -> float:  # type: ignore[no-untyped-def]
     import numpy as np
     from llama_cpp import Llama
 
-    llm = Llama(model_path=fast._llama.llm.model_path, n_ctx=1024, logits_all=True, verbose=False)
-    listed = fast._llama.shortlist
+    llm = Llama(model_path=fast.engine.llm.model_path, n_ctx=1024, logits_all=True, verbose=False)
+    listed = fast.engine.shortlist
     total = count = 0.0
     for messages in samples:
-        ids, mask = fast.chat_format.encode(fast._tokenizer, messages, 512)
+        ids, mask = fast.chat_format.encode(fast.tokenizer, messages, 512)
         count += sum(mask[1:])
         if listed is not None:
             pieces = [listed.to_short([i]) for i in ids]

@@ -159,7 +159,7 @@ def main() -> None:
             cpu = r["tokens"] / r["cpu_s"] / (base["tokens"] / base["cpu_s"])
             print(f"{n:<6}{name:<11} {r['tokens']:>12} {r['seconds']:>8.1f} {r['cpu_s']:>7.1f} "
                   f"{r['tokens'] / r['seconds']:>9.1f} {wall:>6.2f}x {cpu:>9.2f}x {r['rss_mb']:>12.0f} {r['eval_loss']:>10.3f}")
-    from llmclone.training.trainer import cpu_has_bf16
+    from llmclone.models.runtime import cpu_has_bf16
 
     print(f"this CPU multiplies bf16 natively: {cpu_has_bf16()} (ours runs in {'bf16' if cpu_has_bf16() else 'fp32'})")
     for name in ("ours", "ours-fp32", "ours-exact"):

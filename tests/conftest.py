@@ -92,9 +92,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, example_dataset: Path) 
 def fp32_on_every_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """Training tests compare numbers: the same fp32 whatever the CPU (bf16 where a CPU has it is tested on
     its own; commands run in a subprocess still choose by the CPU, as for users)."""
-    from llmclone.training import trainer
+    from llmclone.models import runtime
 
-    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
 
 
 @pytest.fixture(autouse=True)

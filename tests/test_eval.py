@@ -155,7 +155,7 @@ def test_reply_loss_counts_only_the_real_reply(tiny_clone: Path) -> None:
     clone = LLMClone.load(tiny_clone, merge=False)
     context = [{"role": "assistant", "content": "earlier"}, {"role": "user", "content": "как дела?"}]
     loss, tokens = clone.reply_loss(context, "норм")
-    tok = clone._tokenizer
+    tok = clone.tokenizer
     assert tokens == len(tok("норм" + tok.eos_token, add_special_tokens=False)["input_ids"])
     base_loss, base_tokens = clone.reply_loss(context, "норм", base=True)
     assert base_tokens == tokens and base_loss != loss and loss > 0

@@ -30,7 +30,7 @@ def test_merged_checkpoint_equals_clone(tiny_model: Path, example_dataset: Path,
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
     clone = LLMClone.load(tmp_path / "clone")
     ids = clone.chat_format.prompt(tokenizer, [{"role": "user", "content": "привет"}])
-    torch.testing.assert_close(_last_logits(merged, ids), _last_logits(clone._model, ids), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(_last_logits(merged, ids), _last_logits(clone.model, ids), atol=1e-4, rtol=1e-4)
     assert "Clone: " in (tmp_path / "merged" / "llmclone-prompt.txt").read_text()
     assert json.loads((tmp_path / "merged" / "clone.json").read_text()) == clone.manifest
     with pytest.raises(UserError, match="already exists"):
@@ -50,8 +50,8 @@ def test_gguf_of_embedded_clone_loads_back_with_the_same_predictions(embedded_ho
     out = export_gguf(tmp_path / "clone", tmp_path / "clone.gguf")
     back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="clone.gguf", dtype=torch.float32).eval()
     clone = LLMClone.load(tmp_path / "clone")
-    ids = clone.chat_format.prompt(clone._tokenizer, [{"role": "user", "content": "привет! как дела?"}])
-    ours, theirs = _last_logits(clone._model, ids), _last_logits(back, ids)
+    ids = clone.chat_format.prompt(clone.tokenizer, [{"role": "user", "content": "привет! как дела?"}])
+    ours, theirs = _last_logits(clone.model, ids), _last_logits(back, ids)
     assert (ours - theirs).abs().max() < 0.1  # f16 weights
     assert ours.topk(5).indices.tolist() == theirs.topk(5).indices.tolist()
     assert out.with_name("clone.gguf.prompt.txt").is_file()
@@ -74,15 +74,23 @@ def test_gguf_of_embedded_clone_loads_back_with_the_same_predictions(embedded_ho
                         on_message=streamed.append)
     assert greedy == streamed and all("User:" not in m for m in greedy)
     assert fast.reply([{"role": "user", "content": "привет! как дела?"}], temperature=0, max_new_tokens=12) == greedy
+    # the same reply rules as the torch engine: min/max length, finish reason, no other person's line
+    for engine in (fast, clone):
+        fixed = engine.replies([[{"role": "user", "content": "ну что?"}]] * 2,
+                               samplings=[{"temperature": 0, "max_new_tokens": 5, "min_new_tokens": 5}] * 2)
+        assert all(r.completion_tokens == 5 and r.finish_reason == "length" for r in fixed)
+        assert all(not m.startswith(("User:", "Clone:")) for r in fixed for m in r.messages)
+    with pytest.raises(UserError, match="torch engine"):
+        fast.reply([{"role": "user", "content": "hi"}], base=True)
     # the default: q8_0 with the shortlisted vocabulary; the same rows scored as the full f16 GGUF scores them
     q8 = LLMClone.load(tmp_path / "clone", engine="llama.cpp", quant="q8_0")
-    listed = q8._llama.shortlist
+    listed = q8.engine.shortlist
     recorded = json.loads((tmp_path / "clone" / "vocabulary.json").read_text())
     assert len(recorded["likely_ids"]) == 32768  # the base model's likely tokens at the owner's turns
     assert listed is not None and {*recorded["token_ids"], *recorded["likely_ids"]} <= set(listed.full)
-    assert q8._llama.llm.n_vocab() == len(listed) < 55_000
-    assert Path(q8._llama.llm.model_path).stat().st_size < cached.stat().st_size * 0.35  # q8_0 alone: 0.54
-    short16 = Llama(model_path=str(clone_gguf(tmp_path / "clone", "f16", q8._tokenizer)), n_ctx=256, logits_all=True,
+    assert q8.engine.llm.n_vocab() == len(listed) < 55_000
+    assert Path(q8.engine.llm.model_path).stat().st_size < cached.stat().st_size * 0.35  # q8_0 alone: 0.54
+    short16 = Llama(model_path=str(clone_gguf(tmp_path / "clone", "f16", q8.tokenizer)), n_ctx=256, logits_all=True,
                     verbose=False)
     assert short16.n_vocab() == len(listed)
     short = listed.to_short(ids)
@@ -94,23 +102,23 @@ def test_gguf_of_embedded_clone_loads_back_with_the_same_predictions(embedded_ho
 
     # a reply in another chat replaces llama.cpp's context; the first chat's KV state is kept and resumed, and
     # its next turn is the reply a cold context gives
-    q8._llama.forget()
+    q8.engine.forget()
     chat = [{"role": "user", "content": "привет! как дела?"}]
     first = q8.reply(chat, temperature=0, max_new_tokens=8)
     q8.reply([{"role": "user", "content": "what are you up to tonight?"}], temperature=0, max_new_tokens=8)
-    assert len(q8._llama.conversations.saved) == 2
+    assert len(q8.engine.conversations.saved) == 2
     chat += [{"role": "assistant", "content": "\n".join(first)}, {"role": "user", "content": "ну и?"}]
-    earlier = listed.to_short(q8.chat_format.prompt(q8._tokenizer, chat[:1]))
-    prompt = listed.to_short(q8.chat_format.prompt(q8._tokenizer, chat))
+    earlier = listed.to_short(q8.chat_format.prompt(q8.tokenizer, chat[:1]))
+    prompt = listed.to_short(q8.chat_format.prompt(q8.tokenizer, chat))
     evaluated: list[int] = []  # tokens per llama.cpp eval call: the first call is the prompt's part not cached
-    llm_eval = q8._llama.llm.eval
-    q8._llama.llm.eval = lambda tokens: (evaluated.append(len(tokens)), llm_eval(tokens))[1]
+    llm_eval = q8.engine.llm.eval
+    q8.engine.llm.eval = lambda tokens: (evaluated.append(len(tokens)), llm_eval(tokens))[1]
     resumed = q8.reply(chat, temperature=0, max_new_tokens=8)
-    del q8._llama.llm.eval
+    del q8.engine.llm.eval
     assert evaluated[0] <= len(prompt) - len(earlier)  # continued from the first chat's state, not from scratch
-    assert len(q8._llama.conversations.saved) == 2  # the chat's newer state replaced its older one
-    q8._llama.forget()
+    assert len(q8.engine.conversations.saved) == 2  # the chat's newer state replaced its older one
+    q8.engine.forget()
     assert q8.reply(chat, temperature=0, max_new_tokens=8) == resumed
-    q8._llama.conversations.budget = 1  # over the memory budget: only the most recent chat is kept
+    q8.engine.conversations.budget = 1  # over the memory budget: only the most recent chat is kept
     q8.reply([{"role": "user", "content": "hi"}], temperature=0, max_new_tokens=4)
-    assert len(q8._llama.conversations.saved) == 1
+    assert len(q8.engine.conversations.saved) == 1

@@ -78,9 +78,39 @@ def test_streaming_matches_plain(open_url: str) -> None:
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert text == plain["choices"][0]["message"]["content"]
+
+
+def test_usage_and_finish_reason(open_url: str) -> None:
+    """usage counts the prompt's and the reply's tokens; a reply cut by max_tokens says "length"."""
+    cut = httpx.post(f"{open_url}/v1/chat/completions", json=BODY | {"max_tokens": 2, "temperature": 0}, timeout=60).json()
+    usage = cut["usage"]
+    assert usage["prompt_tokens"] > 5 and 1 <= usage["completion_tokens"] <= 2
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert cut["choices"][0]["finish_reason"] == ("length" if usage["completion_tokens"] == 2 else "stop")
+
+
+def test_batched_requests_keep_their_own_settings_and_order(clone: LLMClone) -> None:
+    """Jobs that wait together are decoded in one batch, and each gets what it would have got alone: its own
+    temperature, length and seed, in its own place."""
+    from llmclone.serving.batcher import Batcher, Job
+
+    asks = [([{"role": "user", "content": f"вопрос {i}, как дела?" + " ну" * i}],
+             {"temperature": 0.0 if i % 3 == 0 else 0.9, "max_new_tokens": 4 + 5 * i, "seed": 100 + i})
+            for i in range(6)]
+    alone = [clone.replies([history], samplings=[settings])[0] for history, settings in asks]
+    batcher = Batcher(clone, gather_seconds=0.5)
+    try:
+        futures = [batcher.submit(Job(history, settings)) for history, settings in asks]
+        together = [f.result(timeout=120) for f in futures]
+    finally:
+        batcher.close()
+    assert max(batcher.batches) > 1  # they really were decoded together
+    assert [r.messages for r in together] == [r.messages for r in alone]
+    assert [r.completion_tokens for r in together] == [r.completion_tokens for r in alone]
+    assert len({tuple(r.messages) for r in together}) > 1
 
 
 @pytest.mark.parametrize(

@@ -189,13 +189,13 @@ def test_bf16_on_a_cpu_that_multiplies_it(tiny_model: Path, example_dataset: Pat
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """precision "auto" on a CPU with AVX512-BF16 or AMX: frozen weights in bf16, adapters in fp32, and it learns;
     without such a CPU, fp32."""
+    from llmclone.models import runtime
     from llmclone.models.base_models import resolve
-    from llmclone.training import trainer as trainer_module
     from llmclone.training.data import training_samples
     from llmclone.training.trainer import _Session, precision_for
 
     assert precision_for(TrainConfig()) == ("bf16" if torch.cuda.is_available() else "fp32")  # conftest: no bf16
-    monkeypatch.setattr(trainer_module, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     config = tiny_config(tiny_model, max_steps=20, eval_steps=100, learning_rate=3e-2, lora_r=16,
                          target_modules="all-linear", lr_scheduler="constant")
     assert precision_for(config) == "bf16"

@@ -135,8 +135,26 @@ _ENGINE = typer.Option("--engine", help="'torch' (exact, default) or 'llama.cpp'
 _FULL_VOCABULARY = typer.Option("--full-vocabulary", help="With --engine llama.cpp: score all 262k tokens instead of the clone's shortlist (slower; the shortlist costs ~2% held-out loss).")
 
 
+_DEVICE = typer.Option("--device", help="Where the clone runs: auto (a GPU if there is one), cpu, cuda or cuda:N.")
+_LOAD = typer.Option("--load", help="Base weights: auto (4-bit NF4 for QLoRA clones or when 16-bit would not fit), 4bit, or bf16.")
+
+
 def _sampling(temperature: float | None, max_new_tokens: int | None) -> dict:
-    return {k: v for k, v in {"temperature": temperature, "max_new_tokens": max_new_tokens}.items() if v is not None}
+    from llmclone.models.engine import Sampling
+
+    chosen = {k: v for k, v in {"temperature": temperature, "max_new_tokens": max_new_tokens}.items() if v is not None}
+    Sampling.of(chosen)  # refuses impossible values (a negative temperature, no new tokens) before loading
+    return chosen
+
+
+def _load_clone(clone: Path, engine: str, full_vocabulary: bool, device: str, load: str):
+    from llmclone.clone import LLMClone
+
+    loaded = LLMClone.load(clone, engine=engine, vocabulary="full" if full_vocabulary else "shortlist", device=device,
+                           load=load)
+    if loaded.runtime is not None:
+        typer.echo(loaded.runtime.describe(), err=True)
+    return loaded
 
 
 @app.command()
@@ -148,15 +166,17 @@ def reply(
     max_new_tokens: Annotated[int | None, typer.Option(help="Longest reply, in tokens.")] = None,
     engine: Annotated[str, _ENGINE] = "torch",
     full_vocabulary: Annotated[bool, _FULL_VOCABULARY] = False,
+    device: Annotated[str, _DEVICE] = "auto",
+    load: Annotated[str, _LOAD] = "auto",
 ) -> None:
     """The clone's answer to one message: one line per message it would send."""
-    from llmclone.clone import LLMClone
     from llmclone.terminal import reply_once
 
     message = text if text is not None else sys.stdin.read().strip()
-    if not message:
+    if not message.strip():
         raise UserError("no message to answer; give it as an argument or on stdin.")
-    reply_once(LLMClone.load(clone, engine=engine, vocabulary="full" if full_vocabulary else "shortlist"), message, as_json, sys.stdout, **_sampling(temperature, max_new_tokens))
+    sampling = _sampling(temperature, max_new_tokens)
+    reply_once(_load_clone(clone, engine, full_vocabulary, device, load), message, as_json, sys.stdout, **sampling)
 
 
 @app.command()
@@ -166,14 +186,16 @@ def chat(
     max_new_tokens: Annotated[int | None, typer.Option(help="Longest reply, in tokens.")] = None,
     engine: Annotated[str, _ENGINE] = "torch",
     full_vocabulary: Annotated[bool, _FULL_VOCABULARY] = False,
+    device: Annotated[str, _DEVICE] = "auto",
+    load: Annotated[str, _LOAD] = "auto",
 ) -> None:
     """Talk with your clone in the terminal (/reset, /regen, /exit; end a line with \\ to continue it)."""
-    from llmclone.clone import LLMClone
     from llmclone.terminal import chat_loop
 
-    loaded = LLMClone.load(clone, engine=engine, vocabulary="full" if full_vocabulary else "shortlist")
+    sampling = _sampling(temperature, max_new_tokens)
+    loaded = _load_clone(clone, engine, full_vocabulary, device, load)
     name = ((loaded.manifest or {}).get("owner") or {}).get("name") or "clone"
-    chat_loop(loaded, sys.stdin, sys.stdout, name=name.split()[0].lower(), **_sampling(temperature, max_new_tokens))
+    chat_loop(loaded, sys.stdin, sys.stdout, name=name.split()[0].lower(), **sampling)
 
 
 @app.command()
@@ -184,13 +206,15 @@ def serve(
     api_key: Annotated[str | None, typer.Option(envvar="LLMCLONE_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY'.")] = None,
     engine: Annotated[str, _ENGINE] = "torch",
     full_vocabulary: Annotated[bool, _FULL_VOCABULARY] = False,
+    device: Annotated[str, _DEVICE] = "auto",
+    load: Annotated[str, _LOAD] = "auto",
 ) -> None:
     """Serve the clone over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
     from llmclone.serving.openai_api import serve as run_server
 
     typer.echo(f"serving {clone} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
     run_server(str(clone), host=host, port=port, api_key=api_key, engine=engine,
-               vocabulary="full" if full_vocabulary else "shortlist")
+               vocabulary="full" if full_vocabulary else "shortlist", device=device, load=load)
 
 
 @app.command()
@@ -199,6 +223,7 @@ def export(
     merged: Annotated[Path | None, typer.Option(help="Write the base model with the adapter merged in (a Hugging Face checkpoint) here.")] = None,
     gguf: Annotated[Path | None, typer.Option(help="Write an f16 GGUF for llama.cpp / Ollama here (Gemma-family bases, e.g. the embedded one).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace what is there.")] = False,
+    device: Annotated[str, _DEVICE] = "auto",
 ) -> None:
     """Export the clone as a standalone model: --merged DIR and/or --gguf FILE."""
     from llmclone.export import export_gguf, export_merged
@@ -206,7 +231,7 @@ def export(
     if merged is None and gguf is None:
         raise UserError("say what to export: --merged DIR (Hugging Face checkpoint) and/or --gguf FILE (llama.cpp).")
     if merged is not None:
-        typer.echo(f"merged checkpoint written to {export_merged(clone, merged, force=force)}")
+        typer.echo(f"merged checkpoint written to {export_merged(clone, merged, force=force, device=device)}")
     if gguf is not None:
         typer.echo(f"GGUF written to {export_gguf(clone, gguf, force=force)} (prompt format beside it)")
 
@@ -219,12 +244,14 @@ _TG_CONFIG = typer.Option("--config", help="TOML file with the Telegram settings
 _TG_STATE = typer.Option("--state", help="SQLite state file (default: under LLMCLONE_HOME/telegram).")
 _TG_OWNER = typer.Option("--owner-id", help="Your Telegram user id: owner commands, and who the clone answers by default.")
 _TG_ALLOW = typer.Option("--allow", help="Another user id the clone may answer (repeatable).")
+_TG_DEVICE = typer.Option("--device", help="Where the clone runs: auto, cpu, cuda or cuda:N (default: the config's device, else auto).")
 
 
-def _telegram(mode: str, clone: Path, config: Path | None, state: Path | None, owner_id: int | None, allow: list[int] | None) -> None:
+def _telegram(mode: str, clone: Path, config: Path | None, state: Path | None, owner_id: int | None, allow: list[int] | None,
+              device: str | None = None) -> None:
     from llmclone.telegram.launch import launch
 
-    overrides = {"owner_id": owner_id, "allow": allow or None}
+    overrides = {"owner_id": owner_id, "allow": allow or None, "device": device}
     launch(mode, clone, config, overrides, state)
 
 
@@ -235,8 +262,9 @@ def _bot_command(mode: str, summary: str) -> None:
         state: Annotated[Path | None, _TG_STATE] = None,
         owner_id: Annotated[int | None, _TG_OWNER] = None,
         allow: Annotated[list[int] | None, _TG_ALLOW] = None,
+        device: Annotated[str | None, _TG_DEVICE] = None,
     ) -> None:
-        _telegram(mode, clone, config, state, owner_id, allow)
+        _telegram(mode, clone, config, state, owner_id, allow, device)
 
     command.__doc__ = summary
     telegram_app.command(mode)(command)
@@ -253,9 +281,10 @@ def telegram_userbot(
     config: Annotated[Path | None, _TG_CONFIG] = None,
     state: Annotated[Path | None, _TG_STATE] = None,
     allow: Annotated[list[int] | None, _TG_ALLOW] = None,
+    device: Annotated[str | None, _TG_DEVICE] = None,
 ) -> None:
     """The clone on your own account (TG_API_ID, TG_API_HASH; session from `login`). Drafts to Saved Messages by default."""
-    _telegram("userbot", clone, config, state, None, allow)
+    _telegram("userbot", clone, config, state, None, allow, device)
 
 
 @telegram_app.command("login")
@@ -278,6 +307,9 @@ def eval_(
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature for the replies (0 = greedy).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing report directory.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    device: Annotated[str, _DEVICE] = "auto",
+    load: Annotated[str, _LOAD] = "auto",
+    batch: Annotated[int | None, typer.Option(help="Held-out cases per forward pass (default: 16 on a GPU, 4 on a CPU).", min=1)] = None,
 ) -> None:
     """How much the clone sounds like its owner: held-out perplexity, style, distinguishability, a privacy probe."""
     from llmclone.evaluation.evaluate import EvalOptions, evaluate
@@ -285,7 +317,8 @@ def eval_(
 
     if limit is not None and limit < 0:
         raise UserError("--limit must be 0 (all) or a positive number of held-out replies.")
-    options = EvalOptions(limit=limit or None, seed=seed, probe=probe, sampling=_sampling(temperature, None), progress=not quiet)
+    options = EvalOptions(limit=limit or None, seed=seed, probe=probe, sampling=_sampling(temperature, None), progress=not quiet,
+                          batch=batch, device=device, load=load)
     report = evaluate([clone, *(compare or [])], data, out, options, force=force)
     for line in summary_lines(report):
         typer.echo(line)

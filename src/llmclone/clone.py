@@ -11,18 +11,21 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from llmclone import placeholders
 from llmclone.config import TrainConfig
+from llmclone.dataset.io import private_umask, write_json
 from llmclone.errors import UserError
 from llmclone.manifest import read_manifest
+from llmclone.models import runtime
 from llmclone.models.base_models import BaseModel, resolve
 from llmclone.models.chat_format import ChatFormat
+from llmclone.models.engine import Engine, Request, Sampling
+from llmclone.models.runtime import Runtime
 
-DEFAULT_SAMPLING = {"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 80}
 CONTEXT_TOKENS = 1024  # history beyond this is trimmed, oldest first
 
 
@@ -40,28 +43,33 @@ class CloneConfig:
 
 
 class LLMClone:
+    """A clone ready to answer: `model` and `tokenizer` (transformers objects; the model is None under the
+    llama.cpp engine), `engine` (models/engine.py), `runtime` (where and how it runs), `chat_format`."""
+
     def __init__(self, config: CloneConfig | None = None) -> None:
         self.config = config or CloneConfig()
         self.clone_dir: Path | None = None
         self.manifest: dict[str, Any] | None = None
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self._stops: Any = None
-        self._llama: Any = None  # the llama.cpp engine, when loaded with engine="llama.cpp"
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.engine: Engine | None = None
+        self.runtime: Runtime | None = None
         self.chat_format = ChatFormat()
 
     # -- loading ---------------------------------------------------------------------------------------
     @classmethod
     def load(cls, clone_dir: str | Path, merge: bool = True, engine: str = "torch", quant: str = "q8_0",
-             vocabulary: str = "shortlist") -> LLMClone:
+             vocabulary: str = "shortlist", device: str = "auto", load: str = "auto") -> LLMClone:
         """Load a clone directory: its base model (resolved again on this machine) plus its adapter.
 
-        `merge=True` folds the adapter into the weights (replies are faster: an unmerged LoRA costs a
-        third or more per token); `merge=False` keeps it apart, so `reply(base=True)` can switch it off.
-        `engine="llama.cpp"` replies with llama.cpp on the clone exported to a `quant` GGUF (built once and
-        cached; needs llama-cpp-python): 2-3x faster on a CPU, at slightly lower precision; its output layer
-        scores only the tokens the clone uses (`vocabulary="shortlist"`, see models/shortlist.py) unless
-        `vocabulary="full"`.
+        `device` (auto|cpu|cuda|cuda:N) and `load` (auto|4bit|bf16) are decided by models/runtime.py: a GPU
+        when there is one, its native 16-bit precision, the base in 4-bit NF4 for a QLoRA clone or when 16-bit
+        weights would not fit; memory is checked before anything is loaded. `merge=True` folds the adapter
+        into full weights (an unmerged LoRA costs a third or more per token); `merge=False` keeps it apart, so
+        `reply(base=True)` can switch it off. `engine="llama.cpp"` replies with llama.cpp on the clone exported
+        to a `quant` GGUF (built once and cached; needs llama-cpp-python), faster on a CPU, at slightly lower
+        precision; its output layer scores only the tokens the clone uses (`vocabulary="shortlist"`, see
+        models/shortlist.py) unless `vocabulary="full"`.
         """
         manifest = read_manifest(clone_dir)
         clone = cls(CloneConfig(model_name=manifest["base_model"]["spec"]))
@@ -73,54 +81,78 @@ class LLMClone:
 
             from llmclone.models.llamacpp import LlamaCppEngine, clone_gguf, require
 
+            if device not in ("auto", "cpu"):
+                raise UserError("the llama.cpp engine runs on the CPU; use --engine torch to reply on a GPU.")
             require()  # before any export work: say what to install
-            clone._tokenizer = AutoTokenizer.from_pretrained(base.path)
+            clone.tokenizer = AutoTokenizer.from_pretrained(base.path)
             if vocabulary not in ("shortlist", "full"):
                 raise UserError(f"unknown vocabulary {vocabulary!r}; use 'shortlist' or 'full'.")
-            gguf = clone_gguf(clone_dir, quant, clone._tokenizer if vocabulary == "shortlist" else None)
-            clone._llama = LlamaCppEngine(gguf, n_ctx=CONTEXT_TOKENS + 256, tokenizer=clone._tokenizer)
+            gguf = clone_gguf(clone_dir, quant, clone.tokenizer if vocabulary == "shortlist" else None)
+            clone.engine = LlamaCppEngine(gguf, n_ctx=CONTEXT_TOKENS + 256, tokenizer=clone.tokenizer)
         elif engine == "torch":
-            clone._load(base, Path(clone_dir) / "adapter", merge)
+            clone._load(base, Path(clone_dir) / "adapter", merge, device, load)
         else:
             raise UserError(f"unknown engine {engine!r}; use 'torch' or 'llama.cpp'.")
         return clone
 
-    def _load(self, base: BaseModel, adapter: Path | None, merge: bool = False) -> None:
-        import torch
+    def _load(self, base: BaseModel, adapter: Path | None, merge: bool = False, device: str = "auto",
+              load: str = "auto") -> None:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from llmclone.models.torch_engine import TorchEngine
+
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
-        self._tokenizer = AutoTokenizer.from_pretrained(base.path)
-        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+        qlora = ((self.manifest or {}).get("training") or {}).get("quantize") == "4bit"
+        size = runtime.model_size(base.path) if any(Path(base.path).glob("*.safetensors")) else None
+        chosen = runtime.plan(runtime.machine(), size, device, load, qlora_clone=qlora)
+        if not merge:
+            chosen = replace(chosen, merge=False)
+        self.tokenizer = AutoTokenizer.from_pretrained(base.path)
+        kwargs: dict[str, Any] = {"dtype": chosen.torch_dtype()}
+        if chosen.cuda:
+            kwargs["device_map"] = {"": chosen.device}
+        if chosen.four_bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=chosen.torch_dtype())
+        model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
         if adapter is not None:
             model = PeftModel.from_pretrained(model, str(adapter))
-            if merge:
+            if chosen.merge:
                 model = model.merge_and_unload()
-        self._model = model.eval()
+        self.model, self.runtime = model.eval(), chosen
+        self.engine = TorchEngine(self.model, self.tokenizer, chosen.device, context_tokens=CONTEXT_TOKENS)
 
     def add_adapters(self, path: str | Path) -> None:
         """Put a trained LoRA adapter (a directory with adapter_config.json) on the base model."""
         from peft import PeftModel
+
+        from llmclone.models.torch_engine import TorchEngine
 
         path = Path(path)
         if (path / "adapter").is_dir():
             path = path / "adapter"
         if not (path / "adapter_config.json").is_file():
             raise UserError(f"{path} holds no LoRA adapter (adapter_config.json); give a clone or adapter directory.")
-        if self._model is None or (self.clone_dir is not None and not hasattr(self._model, "peft_config")):
+        if self.model is None or (self.clone_dir is not None and not hasattr(self.model, "peft_config")):
             self._load(resolve(self.config.model_name), None)  # a merged clone's weights are not the base
-        base = self._model.get_base_model() if hasattr(self._model, "get_base_model") else self._model
-        self._model = PeftModel.from_pretrained(base, str(path)).eval()
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self.model = PeftModel.from_pretrained(base, str(path)).eval()
+        assert self.runtime is not None
+        self.engine = TorchEngine(self.model, self.tokenizer, self.runtime.device, context_tokens=CONTEXT_TOKENS)
 
     def save(self, path: str | Path) -> None:
         """Save the adapter (and, for a loaded clone, its manifest) to a directory."""
-        if self._model is None or not hasattr(self._model, "peft_config"):
+        if self.model is None or not hasattr(self.model, "peft_config"):
             raise UserError("nothing to save: train the clone, or load one with merge=False.")
         path = Path(path)
-        self._model.save_pretrained(str(path / "adapter"))
+        with private_umask():
+            self.model.save_pretrained(str(path / "adapter"))
         if self.manifest is not None:
-            (path / "clone.json").write_text(json.dumps(self.manifest, ensure_ascii=False, indent=2))
+            write_json(path / "clone.json", self.manifest)
 
     # -- replying --------------------------------------------------------------------------------------
     def reply(self, history: list[dict[str, Any]], keep_media_tags: bool = False, base: bool = False,
@@ -129,118 +161,114 @@ class LLMClone:
 
         The merged turn is split back into messages, one per line. `on_message` receives each message as
         soon as it is complete, while the rest is still being generated. `base=True` answers with the base
-        model (the adapter switched off), for comparison.
+        model (the adapter switched off), for comparison. Sampling settings: models/engine.py's `Sampling`.
         """
-        def render(line: str) -> str:
-            return placeholders.render_outgoing(line, keep_media_tags)
+        return self.reply_batch([history], keep_media_tags, base, [on_message], [sampling])[0]
+
+    def reply_batch(self, histories: list[list[dict[str, Any]]], keep_media_tags: bool = False, base: bool = False,
+                    on_messages: list[Callable[[str], None] | None] | None = None,
+                    samplings: list[dict[str, Any]] | None = None,
+                    cancelled: list[Callable[[], bool] | None] | None = None) -> list[list[str]]:
+        """`reply` for several conversations at once (decoded together by the torch engine), each with its own
+        sampling settings and streaming callback."""
+        replies = self.replies(histories, base, on_messages, samplings, cancelled, keep_media_tags)
+        return [r.messages for r in replies]
+
+    def replies(self, histories: list[list[dict[str, Any]]], base: bool = False,
+                on_messages: list[Callable[[str], None] | None] | None = None,
+                samplings: list[dict[str, Any]] | None = None, cancelled: list[Callable[[], bool] | None] | None = None,
+                keep_media_tags: bool = False) -> list[Reply]:
+        """Replies with their token counts and why each ended (for the API's usage and finish_reason)."""
+        if self.engine is None or self.tokenizer is None:
+            raise UserError("the clone has no model yet: train it or load a clone directory.")
+        n = len(histories)
+        on_messages = on_messages or [None] * n
+        samplings = samplings or [{}] * n
+        cancelled = cancelled or [None] * n
+        requests, streamers = [], []
+        for history, on_message, settings, gone in zip(histories, on_messages, samplings, cancelled, strict=True):
+            request, streamer = self._request(history, Sampling.of(settings), on_message, keep_media_tags)
+            request.cancelled = gone
+            requests.append(request)
+            streamers.append(streamer)
+        outs = self.engine.generate(requests, base=base)
+        replies = []
+        for request, out, streamer in zip(requests, outs, streamers, strict=True):
+            if streamer is not None:
+                streamer.flush()
+            text = self._cut(self.tokenizer.decode(out, skip_special_tokens=True))
+            messages = [m for m in (placeholders.render_outgoing(line, keep_media_tags) for line in text.split("\n")) if m]
+            replies.append(Reply(messages, len(request.ids), len(out), request.finish_reason))
+        return replies
+
+    def _request(self, history: list[dict[str, Any]], sampling: Sampling, on_message: Callable[[str], None] | None,
+                 keep_media_tags: bool) -> tuple[Request, _LineStreamer | None]:
+        assert self.engine is not None
+        tok, fmt = self.tokenizer, self.chat_format
+        history = [{"role": m["role"], "content": m["content"]} for m in history]
+        ids = fmt.prompt_within(tok, history, self.engine.context_tokens)
+        stops = fmt.stop_strings()
+
+        def should_stop(out: list[int]) -> bool:  # never write the other person's lines
+            return any(s in tok.decode(out[-16:], skip_special_tokens=True) for s in stops)
 
         streamer = None
         if on_message is not None:
             def emit(line: str) -> None:
-                if render(line):
-                    on_message(render(line))
+                rendered = placeholders.render_outgoing(line, keep_media_tags)
+                if rendered:
+                    on_message(rendered)
 
-            streamer = _LineStreamer(self._tokenizer, emit, self.chat_format.stop_strings())
-        text = self.generate(history, base=base, streamer=streamer, **sampling)
-        if streamer is not None:
-            streamer.flush()
-        return [m for m in map(render, text.split("\n")) if m]
+            streamer = _LineStreamer(tok, emit, stops)
+        return Request(ids, sampling, fmt.stop_ids(tok), should_stop if stops else None,
+                       streamer.add if streamer is not None else None), streamer
 
-    def generate(self, history: list[dict[str, Any]], base: bool = False, streamer: Any = None,
-                 **sampling: Any) -> str:
-        import contextlib
-
-        import torch
-
-        if self._model is None and self._llama is None:
-            raise UserError("the clone has no model yet: train it or load a clone directory.")
-        tok, fmt = self._tokenizer, self.chat_format
-        history = [{"role": m["role"], "content": m["content"]} for m in history]
-        ids = fmt.prompt(tok, history)
-        while len(ids) > CONTEXT_TOKENS and len(history) > 1:  # trim the oldest turns first
-            history = history[1:]
-            ids = fmt.prompt(tok, history)
-        params = DEFAULT_SAMPLING | sampling
-        do_sample = params.get("temperature", 0) > 0
-        if self._llama is not None:
-            return self._generate_llama(ids[-CONTEXT_TOKENS:], params, base, streamer)
-        if base and not hasattr(self._model, "disable_adapter"):
-            raise UserError("this clone was loaded with its adapter merged; load it with merge=False to compare "
-                            "with the base model.")
-        off = self._model.disable_adapter() if base else contextlib.nullcontext()
-        with torch.inference_mode(), off:
-            out = self._model.generate(
-                torch.tensor([ids[-CONTEXT_TOKENS:]]), do_sample=do_sample,
-                temperature=params["temperature"] if do_sample else None, top_p=params["top_p"] if do_sample else None,
-                repetition_penalty=params["repetition_penalty"], max_new_tokens=params["max_new_tokens"],
-                min_new_tokens=params.get("min_new_tokens"),
-                eos_token_id=fmt.stop_ids(tok), pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                stopping_criteria=self._stop_criteria(), streamer=streamer,
-            )
-        text = tok.decode(out[0, len(ids[-CONTEXT_TOKENS:]):], skip_special_tokens=True)
-        for stop in fmt.stop_strings():  # never write the other person's lines
+    def _cut(self, text: str) -> str:
+        for stop in self.chat_format.stop_strings():  # never write the other person's lines
             text = text.split(stop)[0]
         return text.strip()
-
-    def _generate_llama(self, ids: list[int], params: dict[str, Any], base: bool, streamer: Any) -> str:
-        import torch
-
-        if base:
-            raise UserError("the llama.cpp engine runs the merged clone only; use the torch engine to compare with the base.")
-        tok, fmt = self._tokenizer, self.chat_format
-        stops = fmt.stop_strings()
-        if streamer is not None:
-            streamer.put(torch.tensor(ids))
-
-        def should_stop(out: list[int]) -> bool:
-            return bool(stops) and any(s in tok.decode(out[-8:], skip_special_tokens=True) for s in stops)
-
-        on_token = (lambda t: streamer.put(torch.tensor([t]))) if streamer is not None else None
-        out = self._llama.generate(ids, params, fmt.stop_ids(tok), should_stop, on_token)
-        text = tok.decode(out, skip_special_tokens=True)
-        for stop in stops:  # never write the other person's lines
-            text = text.split(stop)[0]
-        return text.strip()
-
-    def _stop_criteria(self) -> Any:
-        """Stop strings, built once: the criterion indexes the whole vocabulary (a second per build for Gemma)."""
-        from transformers import StoppingCriteriaList, StopStringCriteria
-
-        if self._stops is None:
-            strings = self.chat_format.stop_strings()
-            self._stops = StoppingCriteriaList(
-                [StopStringCriteria(tokenizer=self._tokenizer, stop_strings=strings)] if strings else [])
-        return self._stops
 
     @contextmanager
     def adapter_merged(self) -> Iterator[None]:
         """Fold a switchable adapter into the weights for a while (replies at merged speed), then take it out
-        again so that `base=True` works afterwards. A no-op for a clone loaded merged."""
-        if not hasattr(self._model, "merge_adapter"):
+        again so that `base=True` works afterwards. A no-op for a clone loaded merged, and for a 4-bit base
+        (merging into NF4 weights would round the adapter: it stays apart, exact)."""
+        if not hasattr(self.model, "merge_adapter") or (self.runtime is not None and self.runtime.four_bit):
             yield
             return
-        self._model.merge_adapter()
+        self.model.merge_adapter()
         try:
             yield
         finally:
-            self._model.unmerge_adapter()
+            self.model.unmerge_adapter()
 
     def reply_loss(self, context: list[dict[str, Any]], reply: str, base: bool = False) -> tuple[float, int]:
         """Summed cross-entropy of `reply` as the owner's next turn after `context`, and its token count."""
-        import contextlib
+        return self.reply_losses([(context, reply)], base=base)[0]
 
-        from llmclone.evaluation.metrics import reply_loss
+    def reply_losses(self, cases: list[tuple[list[dict[str, Any]], str]], base: bool = False, batch: int = 8
+                     ) -> list[tuple[float, int]]:
+        """`reply_loss` for many (context, reply) pairs, scored in padded batches."""
+        from llmclone.models.scoring import reply_tokens
 
-        if base and not hasattr(self._model, "disable_adapter"):
-            raise UserError("this clone was loaded with its adapter merged; load it with merge=False to compare "
-                            "with the base model.")
-        context = [{"role": m["role"], "content": m["content"]} for m in context]
-        with self._model.disable_adapter() if base else contextlib.nullcontext():
-            return reply_loss(self._model, self._tokenizer, self.chat_format, context, reply)
+        if not hasattr(self.engine, "score"):
+            raise UserError("scoring replies needs the torch engine; load the clone with engine='torch'.")
+        items = [reply_tokens(self.tokenizer, self.chat_format,
+                              [{"role": m["role"], "content": m["content"]} for m in context], reply)
+                 for context, reply in cases]
+        return self.engine.score(items, base=base, batch=batch)  # type: ignore[union-attr]
 
     def sample(self, prompt: str, **sampling: Any) -> str:
         """The original library's call: the clone's answer to one message, as text."""
         return "\n".join(self.reply([{"role": "user", "content": prompt}], **sampling))
+
+
+@dataclass
+class Reply:
+    messages: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
 
 
 class _LineStreamer:
@@ -251,19 +279,13 @@ class _LineStreamer:
         self.labels = tuple(stop.lstrip("\n") for stop in stops)
         self.ids: list[int] = []
         self.done_lines = 0
-        self.prompt_seen = False
         self.stopped = False
 
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:  # generate() first passes the prompt
-            self.prompt_seen = True
-            return
-        self.ids += value.flatten().tolist()
-        lines = self.tokenizer.decode(self.ids, skip_special_tokens=True).split("\n")
-        self._emit(lines[:-1])
-
-    def end(self) -> None:
-        pass
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        if "\n" in self.tokenizer.decode([token], skip_special_tokens=True):
+            lines = self.tokenizer.decode(self.ids, skip_special_tokens=True).split("\n")
+            self._emit(lines[:-1])
 
     def flush(self) -> None:
         lines = self.tokenizer.decode(self.ids, skip_special_tokens=True).split("\n")

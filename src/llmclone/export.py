@@ -27,7 +27,7 @@ GGUF_FAMILIES = ("gemma", "gemma2", "gemma3")
 
 def merged_model(clone: LLMClone) -> Any:
     """The clone's weights with the adapter folded in (LLMClone.load merges by default)."""
-    model = clone._model
+    model = clone.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     return model
@@ -41,12 +41,12 @@ def prompt_help(clone: LLMClone) -> str:
             f"... ending with '{fmt.clone_label}: '. Stop at <eos> or at a line starting with '{fmt.user_label}:'.\n")
 
 
-def export_merged(clone_dir: str | Path, out: str | Path, force: bool = False) -> Path:
-    clone = LLMClone.load(clone_dir)
+def export_merged(clone_dir: str | Path, out: str | Path, force: bool = False, device: str = "auto") -> Path:
+    clone = LLMClone.load(clone_dir, device=device, load="full")  # merged on the GPU when there is one
     model = merged_model(clone)
     with atomic_dir(out, force, what="export") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        clone._tokenizer.save_pretrained(tmp)
+        clone.tokenizer.save_pretrained(tmp)
         (tmp / "llmclone-prompt.txt").write_text(prompt_help(clone), encoding="utf-8")
         (tmp / "clone.json").write_text(json.dumps(clone.manifest, ensure_ascii=False, indent=2), encoding="utf-8")
     return Path(out)
@@ -60,7 +60,7 @@ def export_gguf(clone_dir: str | Path, out: str | Path, force: bool = False) -> 
     out = Path(out)
     if out.exists() and not force:
         raise UserError(f"{out} already exists; choose another file or pass --force to replace it.")
-    clone = LLMClone.load(clone_dir)
+    clone = LLMClone.load(clone_dir, device="cpu", load="full")
     base = (clone.manifest or {}).get("base_model", {})
     with tempfile.TemporaryDirectory(prefix="llmclone-gguf-") as work:
         source = _source_gguf(base, Path(work))

@@ -37,6 +37,9 @@ class EvalOptions:
     probe: bool = True
     sampling: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    batch: int | None = None  # cases per forward pass; None: 16 on a GPU, 4 on a CPU
+    device: str = "auto"
+    load: str = "auto"
 
 
 def load_cases(data_dir: str | Path, limit: int | None, seed: int) -> tuple[list[Case], dict[str, Any]]:
@@ -124,12 +127,15 @@ def _evaluate_clone(clone_dir: Path, manifest: dict[str, Any], cases: list[Case]
                     base_cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from llmclone.clone import LLMClone
 
-    clone = LLMClone.load(clone_dir, merge=False)  # the adapter stays switchable: the base model for free
+    clone = LLMClone.load(clone_dir, merge=False, device=options.device, load=options.load)  # adapter switchable
+    if options.progress:
+        print(f"{clone_dir.name}: {clone.runtime.describe() if clone.runtime else ''}", flush=True)
     base_key = json.dumps([manifest["base_model"], manifest["chat_format"]], sort_keys=True)
     sampling = {"temperature": 0.8, **options.sampling}
     with clone.adapter_merged():
         clone_losses, clone_replies = _answer_all(clone, cases, options, sampling, f"evaluating {clone_dir.name}")
         probe = run_probe(lambda h: clone.reply(h, **sampling)) if options.probe else None
+    runtime = clone.runtime.to_json() if clone.runtime is not None else None
     if base_key not in base_cache:  # clones of one base model share its answers
         losses, replies = _answer_all(clone, cases, options, sampling, "evaluating the base model", base=True)
         base_cache[base_key] = {"losses": losses, "replies": replies}
@@ -154,6 +160,7 @@ def _evaluate_clone(clone_dir: Path, manifest: dict[str, Any], cases: list[Case]
         "fingerprint": {"clone": style.distributions(clone_replies), "base": style.distributions(base_replies)},
         "distinguishability": {"clone": metrics.distinguishability(real, clone_replies, options.seed),
                                "base": metrics.distinguishability(real, base_replies, options.seed)},
+        "runtime": runtime,
         "empty_replies": {"clone": sum(1 for r in clone_replies if not r), "base": sum(1 for r in base_replies if not r)},
     }
     if probe is not None:
@@ -166,15 +173,20 @@ def _evaluate_clone(clone_dir: Path, manifest: dict[str, Any], cases: list[Case]
 
 def _answer_all(clone: Any, cases: list[Case], options: EvalOptions, sampling: dict[str, Any], desc: str,
                 base: bool = False) -> tuple[list[tuple[float, int]], list[list[str]]]:
-    """Loss of each real reply and a sampled reply of one's own, seeded per case (same seeds for every model)."""
-    import torch
+    """Loss of each real reply and a sampled reply of one's own, seeded per case (same seeds for every model),
+    in batches: the same numbers as one case at a time (tests/test_eval.py), several cases per forward pass."""
     from tqdm import tqdm
 
-    losses, replies = [], []
-    for i, case in enumerate(tqdm(cases, desc=desc, unit="case", disable=not options.progress)):
-        losses.append(clone.reply_loss(case.context, "\n".join(case.real), base=base))
-        torch.manual_seed(options.seed * 1_000_003 + i)
-        replies.append(clone.reply(case.context, keep_media_tags=True, base=base, **sampling))
+    batch = options.batch or (16 if clone.runtime is not None and clone.runtime.cuda else 4)
+    losses: list[tuple[float, int]] = []
+    replies: list[list[str]] = []
+    with tqdm(total=len(cases), desc=desc, unit="case", disable=not options.progress) as bar:
+        for start in range(0, len(cases), batch):
+            chunk = cases[start:start + batch]
+            losses += clone.reply_losses([(c.context, "\n".join(c.real)) for c in chunk], base=base, batch=batch)
+            seeds = [{**sampling, "seed": options.seed * 1_000_003 + start + i} for i in range(len(chunk))]
+            replies += clone.reply_batch([c.context for c in chunk], keep_media_tags=True, base=base, samplings=seeds)
+            bar.update(len(chunk))
     return losses, replies
 
 

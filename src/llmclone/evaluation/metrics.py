@@ -9,33 +9,6 @@ from typing import Any
 from llmclone.evaluation.style import Reply, features
 
 
-def reply_loss(model: Any, tokenizer: Any, chat_format: Any, context: list[dict[str, str]], reply: str,
-               max_length: int = 1024) -> tuple[float, int]:
-    """Summed cross-entropy (nats) of the owner's real reply after `context`, and its token count.
-
-    Encoded exactly as in training; only the last turn's owner tokens (and its end-of-turn token) count.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    ids, mask = chat_format.encode(tokenizer, [*context, {"role": "assistant", "content": reply}], max_length)
-    # earlier owner turns are context here: count only the last run of owner tokens (the real reply)
-    end = len(mask)
-    while end > 0 and not mask[end - 1]:
-        end -= 1
-    start = end
-    while start > 0 and mask[start - 1]:
-        start -= 1
-    keep = torch.zeros(len(ids), dtype=torch.bool)
-    keep[max(start, 1):end] = True
-    with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, :-1].float()
-    target, keep = torch.tensor(ids[1:]), keep[1:]
-    if not keep.any():
-        return 0.0, 0
-    return F.cross_entropy(logits[keep], target[keep], reduction="sum").item(), int(keep.sum())
-
-
 def perplexity(losses: Sequence[tuple[float, int]]) -> float:
     """Token-weighted perplexity over (summed loss, tokens) pairs."""
     tokens = sum(n for _, n in losses)

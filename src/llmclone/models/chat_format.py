@@ -64,6 +64,35 @@ class ChatFormat:
         text = tokenizer.apply_chat_template(_for_template(history), tokenize=False, add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def prompt_within(self, tokenizer: Any, history: Sequence[dict[str, str]], budget: int) -> list[int]:
+        """`prompt` of the most recent history that fits `budget` tokens, in time linear in the history: each
+        message is tokenized once and the oldest are dropped by running totals. The frame (<bos>, the format's
+        markers, the clone's label) is always kept; a last message longer than the budget keeps its end."""
+        history = list(history)
+        if not history:
+            return self.prompt(tokenizer, history)
+        lengths = [len(x) for x in tokenizer([m["content"] for m in history], add_special_tokens=False)["input_ids"]]
+        overhead = 8  # labels and newlines per message, an estimate refined by the real prompt below
+        total = sum(lengths) + overhead * len(history) + 4
+        start = 0
+        while start < len(history) - 1 and total > budget:
+            total -= lengths[start] + overhead
+            start += 1
+        while True:
+            ids = self.prompt(tokenizer, history[start:])
+            if len(ids) <= budget or start == len(history) - 1:
+                break
+            excess, average = len(ids) - budget, max(1, sum(lengths[start:]) // (len(history) - start))
+            start = min(len(history) - 1, start + max(1, excess // (average + overhead)))
+        if len(ids) <= budget:
+            return ids
+        last = dict(history[-1])  # one message longer than the whole budget: keep its end
+        content = tokenizer(last["content"], add_special_tokens=False)["input_ids"]
+        frame = len(ids) - len(content)
+        last["content"] = tokenizer.decode(content[-max(1, budget - frame - 2):], skip_special_tokens=True)
+        ids = self.prompt(tokenizer, [last])
+        return ids if len(ids) <= budget else ids[:1] + ids[len(ids) - budget + 1:]
+
     def stop_ids(self, tokenizer: Any) -> list[int]:
         """Tokens that end the clone's turn."""
         ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()

@@ -20,13 +20,14 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from llmclone.errors import UserError
 from llmclone.models.base_models import home
+from llmclone.models.engine import Request
 
 QUANTS = {"f16": 1, "q8_0": 7, "q4_k_m": 15}  # llama_ftype values
 
@@ -118,6 +119,7 @@ class LlamaCppEngine:
 
     def __init__(self, path: Path, n_ctx: int, tokenizer: Any, threads: int | None = None) -> None:
         require()
+        self.context_tokens = n_ctx - 256
         from llama_cpp import Llama
 
         from llmclone.models.kv_states import ConversationStates
@@ -136,39 +138,47 @@ class LlamaCppEngine:
         self.conversations.saved.clear()
         self.llm.reset()
 
-    def generate(self, ids: list[int], params: dict[str, Any], stop_ids: list[int],
-                 should_stop: Callable[[list[int]], bool], on_token: Callable[[int], None] | None = None) -> list[int]:
-        import torch
+    def generate(self, requests: list[Request], base: bool = False) -> list[list[int]]:
+        """One request after another (llama.cpp has one context; the KV caches of recent chats are kept)."""
+        if base:
+            raise UserError("the llama.cpp engine runs the merged clone only; use the torch engine to compare with the base.")
+        return [self._generate(r) for r in requests]
 
-        temperature = params.get("temperature", 0) or 0.0
-        self.llm.set_seed(int(torch.randint(0, 2**31 - 1, ()).item()))  # torch.manual_seed makes replies repeatable
+    def _generate(self, request: Request) -> list[int]:
+        s = request.sampling.with_seed()
+        self.llm.set_seed(int(s.seed or 0))
         out: list[int] = []
-        least = params.get("min_new_tokens") or 0
+        ids, stop_ids = request.ids, request.stop_ids
         listed = self.shortlist
         if listed is not None:  # the GGUF's positions; the caller keeps speaking full ids
             ids = listed.to_short(ids)
             stop_ids = [listed.position[i] for i in stop_ids if i in listed.position]
         room = self.llm.n_ctx() - 1  # prompt and reply share the context; the prompt keeps at least half of it
-        ids = ids[-(room - min(params["max_new_tokens"], room // 2)):]
-        limit = min(params["max_new_tokens"], room - len(ids))
+        ids = ids[-(room - min(s.max_new_tokens, room // 2)):]
+        limit = min(s.max_new_tokens, room - len(ids))
 
         def no_early_stop(_: Any, scores: Any) -> Any:  # as transformers' min_new_tokens: no stop token yet
-            if len(out) < least:
+            if len(out) < s.min_new_tokens:
                 scores[stop_ids] = -float("inf")
             return scores
 
         self.conversations.restore_best(ids)  # another chat's earlier turns may be kept: continue from them
-        for token in self.llm.generate(ids, temp=temperature, top_p=params.get("top_p", 1.0) if temperature else 1.0,
-                                       top_k=0, min_p=0.0, repeat_penalty=params.get("repetition_penalty", 1.0),
-                                       logits_processor=[no_early_stop] if least else None):
+        greedy = s.temperature <= 0
+        for token in self.llm.generate(ids, temp=s.temperature, top_p=1.0 if greedy else s.top_p, top_k=0, min_p=0.0,
+                                       repeat_penalty=s.repetition_penalty,
+                                       logits_processor=[no_early_stop] if s.min_new_tokens else None):
             if token in stop_ids:
                 break
             if listed is not None:
                 token = listed.to_full(token)
             out.append(token)
-            if on_token is not None:
-                on_token(token)
-            if len(out) >= limit or should_stop(out):
+            if request.on_token is not None:
+                request.on_token(token)
+            if len(out) >= limit:
+                request.finish_reason = "length"
+                break
+            if (request.should_stop is not None and request.should_stop(out)) or (
+                    request.cancelled is not None and request.cancelled()):
                 break
         self.conversations.save(len(ids))
         return out

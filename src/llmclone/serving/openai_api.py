@@ -3,7 +3,8 @@
 - `POST /v1/chat/completions` (JSON, or server-sent events with `"stream": true`), `GET /v1/models`,
   `GET /health`. The clone's messages come back as one assistant message, one line per message;
   when streaming, each message is sent as soon as it is complete.
-- Requests are queued onto the one model (a lock), generation runs off the event loop.
+- Requests are queued onto the one model and decoded together in batches (serving/batcher.py), each with its
+  own sampling settings; generation runs off the event loop; a client that disconnects stops its generation.
 - Errors use OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
 """
 
@@ -22,6 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmclone.serving.batcher import Batcher, Job
 
 
 class ContentPart(BaseModel):
@@ -51,6 +54,7 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=4096)
     max_completion_tokens: int | None = Field(None, ge=1, le=4096)
     n: int = Field(1, ge=1, le=1)
+    seed: int | None = None
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
@@ -58,9 +62,11 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", code:
                                                                "code": code}})
 
 
-def create_app(clone: Any, model_id: str = "clone", api_key: str | None = None) -> FastAPI:
+def create_app(clone: Any, model_id: str = "clone", api_key: str | None = None, max_batch: int = 16) -> FastAPI:
     app = FastAPI(title="LLMClone", version="1", docs_url=None, redoc_url=None)
-    lock = threading.Lock()  # one generation at a time on the one model; others wait their turn
+    batcher = Batcher(clone, max_batch=max_batch)  # one model; queued requests are decoded together
+    app.state.batcher = batcher
+    app.router.add_event_handler("shutdown", batcher.close)
     created = int(time.time())
 
     @app.middleware("http")
@@ -91,7 +97,7 @@ def create_app(clone: Any, model_id: str = "clone", api_key: str | None = None) 
                                             "owned_by": "llmclone"}]}
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: ChatRequest) -> Any:
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
         history = [{"role": m.role, "content": m.text()} for m in body.messages if m.role in ("user", "assistant")]
         if not history:
             return _error(400, "messages: need at least one user or assistant message")
@@ -102,31 +108,46 @@ def create_app(clone: Any, model_id: str = "clone", api_key: str | None = None) 
             sampling["top_p"] = body.top_p
         if body.max_completion_tokens or body.max_tokens:
             sampling["max_new_tokens"] = body.max_completion_tokens or body.max_tokens
+        if body.seed is not None:
+            sampling["seed"] = body.seed
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
-            return StreamingResponse(_stream(clone, lock, history, sampling, completion_id, model_id),
+            return StreamingResponse(_stream(batcher, history, sampling, completion_id, model_id),
                                      media_type="text/event-stream")
 
-        def generate() -> list[str]:
-            with lock:
-                return clone.reply(history, **sampling)
-
-        messages = await asyncio.get_running_loop().run_in_executor(None, generate)
+        gone = threading.Event()
+        job = Job(history, sampling, cancelled=gone.is_set)
+        watcher = asyncio.create_task(_watch_disconnect(request, gone))
+        try:
+            reply = await asyncio.wrap_future(batcher.submit(job))
+        finally:
+            watcher.cancel()
         return {
             "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model_id,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "\n".join(messages)},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "\n".join(reply.messages)},
+                         "finish_reason": reply.finish_reason}],
+            "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                      "total_tokens": reply.prompt_tokens + reply.completion_tokens},
         }
 
     return app
 
 
-async def _stream(clone: Any, lock: threading.Lock, history: list[dict[str, str]], sampling: dict[str, Any],
-                  completion_id: str, model_id: str) -> AsyncIterator[str]:
+async def _watch_disconnect(request: Request, gone: threading.Event) -> None:
+    """Mark the job of a client that went away, so its generation stops at the next token."""
+    while not gone.is_set():
+        if await request.is_disconnected():
+            gone.set()
+            return
+        await asyncio.sleep(0.25)
+
+
+async def _stream(batcher: Batcher, history: list[dict[str, str]], sampling: dict[str, Any], completion_id: str,
+                  model_id: str) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, one chunk per message as it is generated, a stop chunk, [DONE]."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str | None] = asyncio.Queue()
+    first = [True]
 
     def chunk(delta: dict[str, str], finish: str | None = None) -> str:
         return "data: " + json.dumps({
@@ -134,36 +155,34 @@ async def _stream(clone: Any, lock: threading.Lock, history: list[dict[str, str]
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }, ensure_ascii=False) + "\n\n"
 
-    def generate() -> None:
-        first = [True]
+    def on_message(message: str) -> None:
+        text = message if first[0] else "\n" + message
+        first[0] = False
+        loop.call_soon_threadsafe(queue.put_nowait, chunk({"content": text}))
 
-        def on_message(message: str) -> None:
-            text = message if first[0] else "\n" + message
-            first[0] = False
-            loop.call_soon_threadsafe(queue.put_nowait, chunk({"content": text}))
-
-        try:
-            with lock:
-                clone.reply(history, on_message=on_message, **sampling)
-        finally:
-            loop.call_soon_threadsafe(queue.put_nowait, None)
-
-    yield chunk({"role": "assistant", "content": ""})
-    task = loop.run_in_executor(None, generate)
-    while (item := await queue.get()) is not None:
-        yield item
-    await task
-    yield chunk({}, "stop")
-    yield "data: [DONE]\n\n"
+    gone = threading.Event()
+    future = batcher.submit(Job(history, sampling, on_message=on_message, cancelled=gone.is_set))
+    future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while (item := await queue.get()) is not None:
+            yield item
+        reply = await asyncio.wrap_future(future)
+        yield chunk({}, reply.finish_reason)
+        yield "data: [DONE]\n\n"
+    finally:
+        gone.set()  # the client went away (or we are done): stop generating for it
 
 
 def serve(clone_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          engine: str = "torch", vocabulary: str = "shortlist") -> None:
+          engine: str = "torch", vocabulary: str = "shortlist", device: str = "auto", load: str = "auto") -> None:
     import uvicorn
 
     from llmclone.clone import LLMClone
 
-    clone = LLMClone.load(clone_dir, engine=engine, vocabulary=vocabulary)
+    clone = LLMClone.load(clone_dir, engine=engine, vocabulary=vocabulary, device=device, load=load)
+    if clone.runtime is not None:
+        print(clone.runtime.describe(), flush=True)
     name = f"llmclone-{clone.clone_dir.name if clone.clone_dir else 'clone'}"
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can talk to your clone.")

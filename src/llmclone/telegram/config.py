@@ -46,6 +46,8 @@ class TelegramConfig(BaseModel):
     breaker_cooldown_seconds: float = Field(300, ge=0)
     # replies
     engine: Literal["torch", "llama.cpp"] = "torch"  # llama.cpp: faster on a CPU (needs llama-cpp-python)
+    device: str = "auto"  # auto (a GPU if there is one), cpu, cuda or cuda:N
+    load: Literal["auto", "4bit", "bf16"] = "auto"  # base weights: see models/runtime.py
     temperature: float = Field(0.8, ge=0)
     max_new_tokens: int = Field(80, ge=1)
 

@@ -36,7 +36,9 @@ def launch(mode: str, clone_dir: Path, config_path: Path | None, overrides: dict
     for noisy in ("aiogram.event", "httpx", "telethon.network"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     state = state or default_state(mode, clone_dir)
-    clone = LLMClone.load(clone_dir, engine=config.engine)
+    clone = LLMClone.load(clone_dir, engine=config.engine, device=config.device, load=config.load)
+    if clone.runtime is not None:
+        logging.getLogger("llmclone.telegram").info("%s", clone.runtime.describe())
     if mode in ("bot", "business"):
         from llmclone.telegram import bot
 

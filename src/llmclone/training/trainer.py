@@ -214,6 +214,7 @@ class _Session:
 
             self._trainer.sampled_vocabulary = SampledVocabulary(owner_tokens(train_set), vocab_size)
         self._trainer.wants_marginal = sampled or vocab_size >= SAMPLED_VOCABULARY_MIN
+        _trained_in_fp32(self._trainer.model)  # an fp16 grad scaler unscales fp32 gradients only
         from llmclone.training.lora_dropout import fold_dropout
 
         fold_dropout(self._trainer.model)  # before DDP wraps it: less saved for backward, same LoRA
@@ -244,29 +245,12 @@ def checkpointing_for(config: TrainConfig, model: Any) -> bool | str:
 
 
 def precision_for(config: TrainConfig) -> str:
-    """"bf16", "fp16" or "fp32" (see the setting's comment for "auto"). In bf16 the frozen weights are loaded in
-    bf16 and the adapters kept in fp32."""
-    import torch
+    """"bf16", "fp16" or "fp32", decided by models/runtime.py (see the setting's comment for "auto"). In bf16 and
+    fp16 the frozen weights are loaded in that precision and the trained ones kept in fp32."""
+    from llmclone.models import runtime
 
-    if config.precision != "auto":
-        return config.precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). Without it torch emulates bf16 at a fraction
-    of fp32's speed (38 vs 86 GFLOP/s on one host here); with it, 354 vs 141 GFLOP/s (an AMD EPYC here)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        pass
-    return False  # not Linux, or no flags line: fp32, which is never slow
+    found = runtime.machine(memory=False)
+    return runtime.precision_for(found, runtime.device_for(found, "auto"), config.precision)
 
 
 SAMPLED_VOCABULARY_MIN = 65536
@@ -303,7 +287,8 @@ def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
     from llmclone.training import attention
 
     cuda = torch.cuda.is_available()
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if precision_for(config) == "bf16" else torch.float32}
+    precision = precision_for(config)
+    kwargs: dict[str, Any] = {"dtype": {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)}
     implementation = config.attention
     if implementation == "auto":  # per-sample attention, except on GPUs without Flash Attention (many launches)
         implementation = "varlen" if attention.flash_available() or not cuda else "sdpa"
@@ -332,6 +317,17 @@ def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
         _keep_4bit_layers_trainable(model)
     model.config.use_cache = False
     return model
+
+
+def _trained_in_fp32(model: Any) -> None:
+    """Every trained tensor in fp32, whatever dtype the frozen weights have: under fp16 mixed precision the
+    grad scaler refuses bf16/fp16 gradients ("_amp_foreach_non_finite_check_and_unscale_cuda" not implemented),
+    and 16-bit updates of small LoRA steps would round away."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
 
 
 def _keep_4bit_layers_trainable(model: Any) -> None:

@@ -1,0 +1,118 @@
+"""Decode steps as captured CUDA graphs over a static KV cache (GPU only).
+
+One decode step of a 7B model is a few hundred small kernels; launched one by one from Python they take
+longer than reading the weights (the step's real cost), so a batch-1 reply runs at a fraction of the card's
+memory bandwidth. A CUDA graph replays the whole step with one launch. It needs fixed shapes and addresses:
+a transformers `StaticCache` of `cache_tokens` slots per row, static input buffers, and one graph per batch
+size (rows are padded up to the next power of two, so a handful of graphs serve every batch).
+
+Prefill stays eager (one call per reply, shapes vary). Any failure to capture falls back to the eager path
+for the engine's lifetime, with the reason logged: replies never depend on graphs being available.
+`tests/test_gpu.py` checks on a GPU that graph and eager decoding give the same tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger("llmclone.engine")
+
+
+class GraphDecoder:
+    def __init__(self, model: Any, cache_tokens: int) -> None:
+        self.model, self.cache_tokens = model, cache_tokens
+        self.graphs: dict[int, _Graph] = {}
+        self.failed: str | None = None
+
+    def start(self, input_ids: Any, attention: Any, positions: Any, max_new: int) -> _Graph | None:
+        """Prefill the batch into the graph of its size; None when graphs cannot serve it (eager then)."""
+        rows, width = input_ids.shape
+        if self.failed is not None or width + max_new > self.cache_tokens:
+            return None
+        bucket = 1 << (rows - 1).bit_length()
+        try:
+            graph = self.graphs.get(bucket)
+            if graph is None:
+                graph = self.graphs[bucket] = _Graph(self.model, bucket, self.cache_tokens)
+            graph.prefill(input_ids, attention, positions)
+            return graph
+        except Exception as err:  # a model whose forward cannot be captured: eager from now on
+            self.failed = f"{type(err).__name__}: {err}"
+            self.graphs.clear()
+            log.warning("CUDA graphs are off for this model (%s); decoding eagerly.", self.failed)
+            return None
+
+
+class _Graph:
+    def __init__(self, model: Any, rows: int, cache_tokens: int) -> None:
+        import torch
+        from transformers import StaticCache
+
+        self.model, self.rows, self.cache_tokens = model, rows, cache_tokens
+        device = next(model.parameters()).device
+        self.cache = StaticCache(config=model.config, max_cache_len=cache_tokens)
+        self.ids = torch.zeros((rows, 1), dtype=torch.long, device=device)
+        self.position = torch.zeros((rows, 1), dtype=torch.long, device=device)
+        self.slot = torch.zeros((1,), dtype=torch.long, device=device)
+        self.mask = torch.ones((rows, cache_tokens), dtype=torch.long, device=device)
+        self.graph: Any = None
+        self.out: Any = None
+
+    def _forward(self, **kwargs: Any) -> Any:
+        return self.model(past_key_values=self.cache, use_cache=True, **kwargs).logits
+
+    def prefill(self, input_ids: Any, attention: Any, positions: Any) -> None:
+        import torch
+
+        real, width = input_ids.shape
+        pad = self.rows - real  # rows beyond the batch repeat its first row; their tokens are ignored
+        if pad:
+            input_ids = torch.cat([input_ids, input_ids[:1].expand(pad, -1)])
+            attention = torch.cat([attention, attention[:1].expand(pad, -1)])
+            positions = torch.cat([positions, positions[:1].expand(pad, -1)])
+        self.real = real
+        self.mask.fill_(1)
+        self.mask[:, :width] = attention  # left padding stays masked for the whole reply
+        cache_position = torch.arange(width, device=input_ids.device)
+        logits = self._forward(input_ids=input_ids, attention_mask=self.mask, position_ids=positions,
+                               cache_position=cache_position, logits_to_keep=1)
+        self.logits = logits[:real, -1].float()
+        self.position.copy_(positions[:, -1:])
+        self.slot.fill_(width - 1)
+        if self.graph is None:
+            self._capture()
+
+    def _capture(self) -> None:
+        import torch
+
+        # Warm-up on a side stream, as CUDA graph capture requires; it writes the slot after the prompt, which
+        # the first real step overwrites.
+        slot, position = self.slot.clone(), self.position.clone()
+        self.slot += 1
+        self.position += 1
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward(input_ids=self.ids, attention_mask=self.mask, position_ids=self.position,
+                              cache_position=self.slot)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.out = self._forward(input_ids=self.ids, attention_mask=self.mask, position_ids=self.position,
+                                     cache_position=self.slot)
+        self.graph = graph
+        self.slot.copy_(slot)
+        self.position.copy_(position)
+
+    def advance(self, tokens: Any) -> Any:
+        import torch
+
+        if tokens.numel() < self.rows:
+            tokens = torch.cat([tokens, tokens[:1].expand(self.rows - tokens.numel())])
+        self.ids.copy_(tokens[:, None])
+        self.slot += 1
+        self.position += 1
+        self.graph.replay()
+        return self.out[: self.real, -1].float()

@@ -1,0 +1,73 @@
+"""Requests queued onto the one model, decoded together: whatever waits when the model is free is one batch.
+
+A GPU reads the weights once per decode step whatever the batch size, so 16 conversations answered together
+cost little more than one (benchmarks/gpu_inference.py measures it). Jobs keep their arrival order, their own
+sampling settings and their own streaming callbacks; a job whose client went away stops at the next token.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Job:
+    history: list[dict[str, str]]
+    sampling: dict[str, Any]
+    on_message: Callable[[str], None] | None = None
+    cancelled: Callable[[], bool] | None = None
+    future: Future = field(default_factory=Future)
+
+
+class Batcher:
+    def __init__(self, clone: Any, max_batch: int = 16, gather_seconds: float = 0.005) -> None:
+        self.clone, self.max_batch, self.gather = clone, max_batch, gather_seconds
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.batches: list[int] = []  # sizes of the batches run (for tests and /health)
+        self.thread = threading.Thread(target=self._run, name="llmclone-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> Future:
+        self.jobs.put(job)
+        return job.future
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while (first := self.jobs.get()) is not None:
+            batch = [first]
+            deadline = time.monotonic() + self.gather  # a moment for requests that arrive together
+            while len(batch) < self.max_batch:
+                try:
+                    job = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:
+                    self.jobs.put(None)  # stop after this batch
+                    break
+                batch.append(job)
+            live = [j for j in batch if not (j.cancelled is not None and j.cancelled())]
+            for j in batch:
+                if j not in live:
+                    j.future.cancel()
+            if not live:
+                continue
+            self.batches.append(len(live))
+            try:
+                replies = self.clone.replies([j.history for j in live], on_messages=[j.on_message for j in live],
+                                             samplings=[j.sampling for j in live],
+                                             cancelled=[j.cancelled for j in live])
+            except BaseException as err:  # each waiting request gets the error, the worker goes on
+                for j in live:
+                    j.future.set_exception(err)
+                continue
+            for j, r in zip(live, replies, strict=True):
+                j.future.set_result(r)

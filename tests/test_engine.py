@@ -1,0 +1,105 @@
+"""The reply engine seam: the torch engine decodes as transformers does, batched as alone, with the same stop
+rules as the llama.cpp engine; batched scoring equals one case at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmclone.clone import LLMClone
+from llmclone.errors import UserError
+from llmclone.models.engine import Request, Sampling
+
+HISTORIES = [[{"role": "user", "content": "привет! как дела?"}],
+             [{"role": "user", "content": "пойдём в кино"}, {"role": "assistant", "content": "ахах))"},
+              {"role": "user", "content": "ну так что, в субботу?"}],
+             [{"role": "user", "content": "ок"}]]
+
+
+@pytest.fixture(scope="module")
+def clone(tiny_clone: Path) -> LLMClone:
+    return LLMClone.load(tiny_clone, merge=False, device="cpu")
+
+
+def test_greedy_equals_transformers_generate(clone: LLMClone) -> None:
+    ids = clone.chat_format.prompt(clone.tokenizer, HISTORIES[1])
+    stop = clone.chat_format.stop_ids(clone.tokenizer)
+    ours = clone.engine.generate([Request(ids, Sampling(temperature=0, max_new_tokens=24), stop)])[0]
+    with torch.inference_mode():
+        theirs = clone.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=24, repetition_penalty=1.1,
+                                      eos_token_id=stop, pad_token_id=clone.tokenizer.pad_token_id)[0, len(ids):]
+    theirs = theirs.tolist()
+    if theirs and theirs[-1] in stop:
+        theirs = theirs[:-1]
+    assert ours == theirs and len(ours) > 3
+
+
+def test_batched_decoding_equals_one_at_a_time(clone: LLMClone) -> None:
+    settings = [{"temperature": 0, "max_new_tokens": 12}, {"temperature": 0.9, "seed": 7, "max_new_tokens": 20},
+                {"temperature": 1.2, "top_p": 0.5, "seed": 8, "max_new_tokens": 6, "min_new_tokens": 6}]
+    alone = [clone.replies([h], samplings=[s])[0] for h, s in zip(HISTORIES, settings, strict=True)]
+    together = clone.replies(HISTORIES, samplings=settings)
+    assert [r.messages for r in together] == [r.messages for r in alone]
+    assert [r.completion_tokens for r in together] == [r.completion_tokens for r in alone]
+    assert together[2].completion_tokens == 6 and together[2].finish_reason == "length"
+    again = clone.replies(HISTORIES, samplings=settings)  # seeded: the same again
+    assert [r.messages for r in again] == [r.messages for r in together]
+
+
+def test_batched_scoring_equals_one_at_a_time(clone: LLMClone) -> None:
+    cases = [(h, reply) for h in HISTORIES for reply in ("норм", "ахах да))\nа ты как")]
+    one = [clone.reply_loss(c, r) for c, r in cases]
+    batched = clone.reply_losses(cases, batch=4)
+    assert [n for _, n in batched] == [n for _, n in one]
+    assert all(abs(a - b) < 1e-4 * max(1.0, abs(b)) for (a, _), (b, _) in zip(batched, one, strict=True))
+    base = clone.reply_losses(cases, base=True, batch=3)
+    assert any(abs(a - b) > 1e-3 for (a, _), (b, _) in zip(base, one, strict=True))  # the adapter matters
+
+
+def test_stop_rules_stop_ids_strings_and_streaming(clone: LLMClone) -> None:
+    """A reply never carries the other person's line: generation stops at a stop string, the text is cut there,
+    and streamed messages are exactly the returned ones."""
+    fmt = clone.chat_format
+    request, _ = clone._request(HISTORIES[0], Sampling(), None, False)
+    assert request.should_stop is not None and fmt.stop_ids(clone.tokenizer) == request.stop_ids
+    label = clone.tokenizer("ок\nUser: а ты", add_special_tokens=False)["input_ids"]
+    assert request.should_stop(label)
+    assert not request.should_stop(clone.tokenizer("ок и всё", add_special_tokens=False)["input_ids"])
+    assert clone._cut("ок\nUser: а ты") == "ок"
+    streamed: list[str] = []
+    messages = clone.reply(HISTORIES[1], on_message=streamed.append, temperature=0.9, seed=3, max_new_tokens=40)
+    assert streamed == messages
+
+
+def test_bad_sampling_is_refused() -> None:
+    for bad in ({"temperature": -1}, {"temperature": 100}, {"max_new_tokens": 0}, {"top_p": 0}):
+        with pytest.raises(UserError):
+            Sampling.of(bad)
+
+
+def test_trimmed_prompt_keeps_its_frame(clone: LLMClone) -> None:
+    """An over-long history loses its oldest turns; one over-long message keeps its end, and the prompt still
+    starts with <bos> and ends with the clone's label."""
+    tok, fmt = clone.tokenizer, clone.chat_format
+    long = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"слово {i} " * 30} for i in range(200)]
+    ids = fmt.prompt_within(tok, long, 1024)
+    assert len(ids) <= 1024 and ids == fmt.prompt(tok, long[-len(long):][200 - _kept(fmt, tok, long, ids):])
+    huge = [{"role": "user", "content": "а" * 100_000 + " конец"}]
+    ids = fmt.prompt_within(tok, huge, 1024)
+    text = tok.decode(ids)
+    assert len(ids) <= 1024 and ids[0] == tok.bos_token_id and text.endswith("конец\nClone: ")
+
+
+def _kept(fmt, tok, history, ids) -> int:
+    for n in range(1, len(history) + 1):
+        if fmt.prompt(tok, history[-n:]) == ids:
+            return n
+    return 0
+
+
+def test_llamacpp_engine_is_for_the_cpu(tiny_clone: Path) -> None:
+    """(The two engines' shared reply rules are checked on a real GGUF in test_export.py.)"""
+    with pytest.raises(UserError, match=r"llama\.cpp engine runs on the CPU"):
+        LLMClone.load(tiny_clone, engine="llama.cpp", device="cuda")
