@@ -103,3 +103,69 @@ def test_llamacpp_engine_is_for_the_cpu(tiny_clone: Path) -> None:
     """(The two engines' shared reply rules are checked on a real GGUF in test_export.py.)"""
     with pytest.raises(UserError, match=r"llama\.cpp engine runs on the CPU"):
         LLMClone.load(tiny_clone, engine="llama.cpp", device="cuda")
+
+
+def _tiny_mistral() -> torch.nn.Module:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4096, pad_token_id=0,
+                           initializer_range=0.3)  # logits far apart: no near-ties for kernel order to flip
+    return MistralForCausalLM(config).eval()
+
+
+def test_static_cache_decoding_equals_eager_across_replies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA-graph decoder's bookkeeping, on a CPU: its static KV cache is reused reply after reply, and
+    the capture's warm-up steps advance the cache's own counters; replies must still equal eager decoding.
+    Capture is replaced by its warm-up plus an eager replay (the graph itself is checked in test_gpu.py)."""
+    from llmclone.models import cuda_graphs
+    from llmclone.models.torch_engine import TorchEngine
+
+    def capture(self: cuda_graphs._Graph) -> None:
+        slot, position = self.slot.clone(), self.position.clone()
+        self.slot += 1
+        self.position += 1
+        for _ in range(3):
+            self._forward(input_ids=self.ids, attention_mask=self.mask, position_ids=self.position,
+                          cache_position=self.slot)
+
+        class Replay:
+            def replay(_) -> None:
+                self.out = self._forward(input_ids=self.ids, attention_mask=self.mask, position_ids=self.position,
+                                         cache_position=self.slot)
+
+        self.graph = Replay()
+        self.slot.copy_(slot)
+        self.position.copy_(position)
+
+    monkeypatch.setattr(cuda_graphs._Graph, "_capture", capture)
+
+    class Tok:
+        pad_token_id, eos_token_id = 0, 2
+
+    model = _tiny_mistral()
+    static = TorchEngine(model, Tok(), "cpu", context_tokens=512, graphs=True)
+    eager = TorchEngine(model, Tok(), "cpu", context_tokens=512, graphs=False)
+    generator = torch.Generator().manual_seed(1)
+    for lengths in ((280, 100, 30), (60,), (230, 20), (5, 300, 40)):
+        requests = [Request(torch.randint(3, 400, (n,), generator=generator).tolist(),
+                            Sampling(temperature=0, max_new_tokens=20, min_new_tokens=20)) for n in lengths]
+        assert static.generate(requests) == eager.generate(requests)
+    assert static.graphs.failed is None and len(static.graphs.graphs) == 3  # buckets of 1, 2 and 4 rows
+    for graph in static.graphs.graphs.values():  # what the causal mask reads must advance inside a graph
+        assert all(isinstance(graph.cache.get_seq_length(i), torch.Tensor) for i in range(2))
+
+
+def test_graphs_refuse_short_sliding_windows() -> None:
+    """Gemma's sliding layers (64 tokens here, 512 in Gemma 3) wrap around in Python: eager decoding, said."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from llmclone.models.cuda_graphs import GraphDecoder
+
+    config = Gemma3TextConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=64)
+    decoder = GraphDecoder(Gemma3ForCausalLM(config).eval(), 512)
+    ids = torch.ones((1, 8), dtype=torch.long)
+    assert decoder.start(ids, ids, torch.arange(8)[None], 4) is None
+    assert decoder.failed == "NotImplementedError: sliding-window layers of 64 tokens"

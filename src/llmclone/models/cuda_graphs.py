@@ -4,11 +4,16 @@ One decode step of a 7B model is a few hundred small kernels; launched one by on
 longer than reading the weights (the step's real cost), so a batch-1 reply runs at a fraction of the card's
 memory bandwidth. A CUDA graph replays the whole step with one launch. It needs fixed shapes and addresses:
 a transformers `StaticCache` of `cache_tokens` slots per row, static input buffers, and one graph per batch
-size (rows are padded up to the next power of two, so a handful of graphs serve every batch).
+size (rows are padded up to the next power of two, so a handful of graphs serve every batch). A graph replays
+the kernels it captured whatever Python flags say later, so graphs are kept per adapter state (`mode`: on,
+off for `base=True`, merged in): switching the adapter never replays the other state's kernels.
 
 Prefill stays eager (one call per reply, shapes vary). Any failure to capture falls back to the eager path
 for the engine's lifetime, with the reason logged: replies never depend on graphs being available.
-`tests/test_gpu.py` checks on a GPU that graph and eager decoding give the same tokens.
+
+Off unless asked for (`LLMCLONE_CUDA_GRAPHS=1`, or `TorchEngine(graphs=True)`): `tests/test_gpu.py` checks on
+a GPU that graph and eager decoding give the same logits step after step, and the version before the fix in
+`_full_attention` failed it; the fixed one has not met a GPU yet (benchmarks/NOTES.md).
 """
 
 from __future__ import annotations
@@ -22,19 +27,19 @@ log = logging.getLogger("llmclone.engine")
 class GraphDecoder:
     def __init__(self, model: Any, cache_tokens: int) -> None:
         self.model, self.cache_tokens = model, cache_tokens
-        self.graphs: dict[int, _Graph] = {}
+        self.graphs: dict[tuple[int, Any], _Graph] = {}
         self.failed: str | None = None
 
-    def start(self, input_ids: Any, attention: Any, positions: Any, max_new: int) -> _Graph | None:
+    def start(self, input_ids: Any, attention: Any, positions: Any, max_new: int, mode: Any = None) -> _Graph | None:
         """Prefill the batch into the graph of its size; None when graphs cannot serve it (eager then)."""
         rows, width = input_ids.shape
         if self.failed is not None or width + max_new > self.cache_tokens:
             return None
         bucket = 1 << (rows - 1).bit_length()
         try:
-            graph = self.graphs.get(bucket)
+            graph = self.graphs.get((bucket, mode))
             if graph is None:
-                graph = self.graphs[bucket] = _Graph(self.model, bucket, self.cache_tokens)
+                graph = self.graphs[bucket, mode] = _Graph(self.model, bucket, self.cache_tokens)
             graph.prefill(input_ids, attention, positions)
             return graph
         except Exception as err:  # a model whose forward cannot be captured: eager from now on
@@ -44,6 +49,28 @@ class GraphDecoder:
             return None
 
 
+def _full_attention(config: Any, cache_tokens: int) -> Any:
+    """The config for the graph's cache: every layer a full static layer, whose token count lives in a device
+    tensor. transformers' sliding-window static layers count in a Python int, which the causal mask reads as
+    the query's position: a graph would freeze it at capture and mask out every token decoded since (on an H200
+    the logits drifted from eager from the third step on). A window at least as long as the cache never cuts
+    anything, so such layers are full layers here, exactly; a shorter window (Gemma's 512) is refused."""
+    import copy
+
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    types = getattr(text, "layer_types", None) or ["sliding_attention" if window else "full_attention"] * (
+        text.num_hidden_layers)
+    other = sorted(set(types) - {"full_attention", "sliding_attention"})
+    if other:
+        raise NotImplementedError(f"{other[0]} layers")
+    if "sliding_attention" in types and (window is None or window < cache_tokens):
+        raise NotImplementedError(f"sliding-window layers of {window} tokens")
+    full = copy.copy(text)
+    full.layer_types = ["full_attention"] * len(types)
+    return full
+
+
 class _Graph:
     def __init__(self, model: Any, rows: int, cache_tokens: int) -> None:
         import torch
@@ -51,7 +78,7 @@ class _Graph:
 
         self.model, self.rows, self.cache_tokens = model, rows, cache_tokens
         device = next(model.parameters()).device
-        self.cache = StaticCache(config=model.config, max_cache_len=cache_tokens)
+        self.cache = StaticCache(config=_full_attention(model.config, cache_tokens), max_cache_len=cache_tokens)
         self.ids = torch.zeros((rows, 1), dtype=torch.long, device=device)
         self.position = torch.zeros((rows, 1), dtype=torch.long, device=device)
         self.slot = torch.zeros((1,), dtype=torch.long, device=device)
@@ -72,6 +99,7 @@ class _Graph:
             attention = torch.cat([attention, attention[:1].expand(pad, -1)])
             positions = torch.cat([positions, positions[:1].expand(pad, -1)])
         self.real = real
+        self._rewind(0)
         self.mask.fill_(1)
         self.mask[:, :width] = attention  # left padding stays masked for the whole reply
         cache_position = torch.arange(width, device=input_ids.device)
@@ -82,6 +110,22 @@ class _Graph:
         self.slot.fill_(width - 1)
         if self.graph is None:
             self._capture()
+            self._rewind(width)
+
+    def _rewind(self, length: int) -> None:
+        """Set how many tokens each cache layer counts as held, in place. transformers' static layers write at
+        their own running count (not at `cache_position`), so it must match `slot` before every prefill and
+        after the capture's warm-up steps; the captured graph advances it on each replay."""
+        import torch
+
+        for layer in getattr(self.cache, "layers", []):
+            count = getattr(layer, "cumulative_length", None)
+            if isinstance(count, torch.Tensor):
+                count.fill_(length)
+            elif isinstance(count, int):
+                layer.cumulative_length = length
+            if hasattr(layer, "cumulative_length_int"):
+                layer.cumulative_length_int = length
 
     def _capture(self) -> None:
         import torch

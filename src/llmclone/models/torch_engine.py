@@ -3,8 +3,9 @@
 Prompts are left-padded into one batch (position ids count real tokens only, so a padded row computes what it
 would alone), prefilled once, then decoded a token per step for every row. Each row has its own sampling
 settings and its own random generator seeded per request, so a reply does not depend on what else was in the
-batch. On a GPU the decode step runs as a captured CUDA graph over a static KV cache (models/cuda_graphs.py):
-a 7B model's step is ~700 small kernels, whose launches would otherwise cost more than reading the weights.
+batch. On a GPU the decode step can run as a captured CUDA graph over a static KV cache (models/cuda_graphs.py,
+off unless LLMCLONE_CUDA_GRAPHS=1): a 7B model's step is ~700 small kernels, whose launches cost more than
+reading the weights.
 
 `score` is the batched counterpart of `reply_loss` (models/scoring.py): summed cross-entropy of given tokens.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from typing import Any
 
@@ -31,9 +33,10 @@ class TorchEngine:
         self.context_tokens = context_tokens
         self.max_batch = max_batch
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        use_graphs = device.startswith("cuda") if graphs is None else graphs
+        if graphs is None:
+            graphs = device.startswith("cuda") and os.environ.get("LLMCLONE_CUDA_GRAPHS") == "1"
         self.graphs: Any = None
-        if use_graphs:
+        if graphs:
             from llmclone.models.cuda_graphs import GraphDecoder
 
             self.graphs = GraphDecoder(model, context_tokens + MAX_REPLY_TOKENS)
@@ -51,9 +54,19 @@ class TorchEngine:
 
         off = self._adapter_off() if base else contextlib.nullcontext()
         with torch.inference_mode(), off:
-            return self._decode(requests)
+            return self._decode(requests, mode=(base, self._merged()))
 
-    def _decode(self, requests: list[Request]) -> list[list[int]]:
+    def _vocab(self) -> int:
+        embeddings = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        return int(embeddings.weight.shape[0]) if embeddings is not None else int(self.model.config.vocab_size)
+
+    def _merged(self) -> bool:
+        """Whether a switchable adapter is merged into the weights now (clone.adapter_merged)."""
+        if not hasattr(self, "_lora"):
+            self._lora = next((m for m in self.model.modules() if hasattr(m, "merged_adapters")), None)
+        return bool(self._lora is not None and self._lora.merged)
+
+    def _decode(self, requests: list[Request], mode: Any = None) -> list[list[int]]:
         import torch
 
         dev = self.device
@@ -68,9 +81,10 @@ class TorchEngine:
             attention[i, width - len(ids):] = 1
         input_ids, attention = input_ids.to(dev), attention.to(dev)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        chooser = _Chooser(requests, prompts, dev)
+        chooser = _Chooser(requests, prompts, dev, self._vocab(), max(limits))
 
-        step = self.graphs.start(input_ids, attention, positions, max(limits)) if self.graphs is not None else None
+        step = (self.graphs.start(input_ids, attention, positions, max(limits), mode) if self.graphs is not None
+                else None)
         if step is None:
             step = _EagerDecoder(self.model).start(input_ids, attention, positions)
         logits = step.logits
@@ -87,7 +101,6 @@ class TorchEngine:
                     done[i] = True
                     continue
                 out[i].append(token)
-                chooser.saw(i, token)
                 if r.on_token is not None:
                     r.on_token(token)
                 if len(out[i]) >= limits[i]:
@@ -96,8 +109,7 @@ class TorchEngine:
                     done[i] = True
             if all(done):
                 break
-            feed = torch.tensor([t if not d else self.pad_id for t, d in zip(next_ids, done, strict=True)], device=dev)
-            logits = step.advance(feed)
+            logits = step.advance(tokens)  # finished rows decode on unseen: no row depends on another
         return out
 
     def _adapter_off(self) -> Any:
@@ -178,49 +190,59 @@ class _EagerDecoder:
 
 
 class _Chooser:
-    """Per-row next-token choice: repetition penalty over the row's prompt and reply, the minimum length, then
-    greedy or temperature + nucleus sampling with the row's own generator."""
+    """Next-token choice for every row at once, each with its own settings: repetition penalty over the row's
+    prompt and reply, no stop id before the minimum length, then greedy or temperature + nucleus sampling.
 
-    def __init__(self, requests: list[Request], prompts: list[list[int]], device: str) -> None:
+    A fixed number of tensor operations per step whatever the batch size, and no host-to-device copy: the
+    settings, the tokens seen and each row's uniform draws (from the row's own seeded generator, drawn once
+    per reply) live on the device, so a row's reply does not depend on what else is in the batch."""
+
+    def __init__(self, requests: list[Request], prompts: list[list[int]], device: str, vocab: int,
+                 max_new: int) -> None:
         import torch
 
-        self.requests, self.device = requests, device
-        self.seen: list[set[int]] = [set(p) for p in prompts]
-        self.generators = []
-        for r in requests:
-            g = torch.Generator(device=device)
-            g.manual_seed(int(r.sampling.with_seed().seed or 0))
-            self.generators.append(g)
+        rows = len(requests)
+        settings = [r.sampling for r in requests]
 
-    def saw(self, row: int, token: int) -> None:
-        self.seen[row].add(token)
+        def column(values: list[float]) -> Any:
+            return torch.tensor(values, dtype=torch.float32, device=device)[:, None]
+
+        self.penalty = column([s.repetition_penalty for s in settings])
+        self.temperature = column([s.temperature if s.temperature > 0 else 1.0 for s in settings])
+        self.top_p = column([s.top_p for s in settings])
+        self.greedy = torch.tensor([s.temperature <= 0 for s in settings], device=device)
+        self.min_new = torch.tensor([s.min_new_tokens for s in settings], device=device)
+        seen = torch.zeros((rows, vocab), dtype=torch.bool)
+        stops = torch.zeros((rows, vocab), dtype=torch.bool)
+        for i, (r, ids) in enumerate(zip(requests, prompts, strict=True)):
+            seen[i, [t for t in ids if 0 <= t < vocab]] = True
+            stops[i, [t for t in r.stop_ids if 0 <= t < vocab]] = True
+        self.seen, self.stops = seen.to(device), stops.to(device)
+        self.rows = torch.arange(rows, device=device)
+        self.uniform = torch.zeros((rows, max_new), dtype=torch.float32)
+        for i, s in enumerate(settings):
+            if s.temperature > 0:
+                g = torch.Generator()
+                g.manual_seed(int(s.with_seed().seed or 0))
+                self.uniform[i] = torch.rand(max_new, generator=g)
+        self.uniform = self.uniform.to(device)
 
     def choose(self, logits: Any, step: int) -> Any:
         import torch
 
-        picks = []
-        for i, r in enumerate(self.requests):
-            s = r.sampling
-            row = logits[i]
-            if s.repetition_penalty != 1.0 and self.seen[i]:
-                idx = torch.tensor(sorted(self.seen[i]), device=row.device)
-                idx = idx[idx < row.numel()]
-                got = row[idx]
-                row = row.clone()
-                row[idx] = torch.where(got > 0, got / s.repetition_penalty, got * s.repetition_penalty)
-            if step < s.min_new_tokens and r.stop_ids:
-                row = row.clone()
-                row[torch.tensor(r.stop_ids, device=row.device)] = -float("inf")
-            if s.temperature <= 0:
-                picks.append(row.argmax())
-                continue
-            row = row / s.temperature
-            if s.top_p < 1.0:
-                ordered, order = row.sort(descending=False)
-                cumulative = ordered.softmax(-1).cumsum(-1)
-                remove = cumulative <= 1 - s.top_p
-                remove[-1] = False  # keep at least the most likely token
-                row = row.scatter(0, order, ordered.masked_fill(remove, -float("inf")))
-            probs = row.softmax(-1)
-            picks.append(torch.multinomial(probs, 1, generator=self.generators[i])[0])
-        return torch.stack(picks)
+        logits = logits.float()
+        penalized = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
+        logits = torch.where(self.seen, penalized, logits)
+        logits = logits.masked_fill(self.stops & (step < self.min_new)[:, None], -float("inf"))
+        greedy = logits.argmax(-1)
+        scaled = logits / self.temperature
+        ordered, order = scaled.sort(dim=-1)
+        remove = ordered.softmax(-1).cumsum(-1) <= 1 - self.top_p
+        remove[:, -1] = False  # keep at least the most likely token
+        scaled = scaled.scatter(1, order, ordered.masked_fill(remove, -float("inf")))
+        cdf = scaled.softmax(-1).cumsum(-1)
+        draw = self.uniform[:, step:step + 1] * cdf[:, -1:]
+        sampled = (cdf < draw).sum(-1).clamp(max=logits.size(-1) - 1)
+        tokens = torch.where(self.greedy, greedy, sampled)
+        self.seen[self.rows, tokens] = True
+        return tokens
