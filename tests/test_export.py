@@ -35,7 +35,7 @@ def test_merged_checkpoint_equals_clone(tiny_model: Path, example_dataset: Path,
     assert json.loads((tmp_path / "merged" / "clone.json").read_text()) == clone.manifest
     with pytest.raises(UserError, match="already exists"):
         export_merged(tmp_path / "clone", tmp_path / "merged")
-    with pytest.raises(UserError, match="needs the base model's own GGUF"):
+    with pytest.raises(UserError, match="this clone's base is 'gemma3_text'"):  # Gemma only from its GGUF
         export_gguf(tmp_path / "clone", tmp_path / "clone.gguf")
     assert not (tmp_path / "clone.gguf").exists()
 
@@ -122,3 +122,53 @@ def test_gguf_of_embedded_clone_loads_back_with_the_same_predictions(embedded_ho
     q8.engine.conversations.budget = 1  # over the memory budget: only the most recent chat is kept
     q8.reply([{"role": "user", "content": "hi"}], temperature=0, max_new_tokens=4)
     assert len(q8.engine.conversations.saved) == 1
+
+
+def _tiny_family(family: str, vocab: int) -> torch.nn.Module:
+    import transformers
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.1, rms_norm_eps=1e-6)
+    config = {"llama": transformers.LlamaConfig(**shape, tie_word_embeddings=False),
+              "mistral": transformers.MistralConfig(**shape, sliding_window=None),
+              "qwen2": transformers.Qwen2Config(**shape, tie_word_embeddings=True),
+              "qwen3": transformers.Qwen3Config(**shape, head_dim=32, tie_word_embeddings=False)}[family]
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_gguf_of_each_family_loads_back_in_llama_cpp(family: str, tiny_model: Path, tmp_path: Path) -> None:
+    """The GGUF written from a Hugging Face checkpoint predicts in llama.cpp what torch predicts, and llama.cpp
+    splits text into the tokenizer's own ids."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is an optional engine")
+    from transformers import AutoTokenizer
+
+    from llmclone.models.gguf_export import write_gguf
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = _tiny_family(family, len(tok))
+    out = write_gguf(model, tok, {"kind": "hub"}, tmp_path / f"{family}.gguf")
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=128, logits_all=True, verbose=False)
+    text = "привет! как дела? ok see you at 8"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+    llm.eval(ids)
+    theirs = torch.tensor(llm.scores[: len(ids)])
+    with torch.no_grad():
+        ours = model(torch.tensor([ids])).logits[0]
+    assert (ours - theirs).abs().max() < 0.02 * ours.abs().max()  # f16 weights
+    assert (ours.argmax(-1) == theirs.argmax(-1)).float().mean() > 0.9
+
+
+def test_gguf_export_refuses_an_unknown_architecture(tiny_model: Path, tmp_path: Path) -> None:
+    import transformers
+    from transformers import AutoTokenizer
+
+    from llmclone.models.gguf_export import write_gguf
+
+    config = transformers.GPT2Config(vocab_size=400, n_embd=32, n_layer=1, n_head=2)
+    with pytest.raises(UserError, match="this clone's base is 'gpt2'"):
+        write_gguf(transformers.GPT2LMHeadModel(config), AutoTokenizer.from_pretrained(tiny_model), {"kind": "hub"},
+                   tmp_path / "x.gguf")
+    assert not list(tmp_path.iterdir())  # nothing half-written

@@ -21,7 +21,7 @@ from llmclone.dataset.io import private_umask, write_json
 from llmclone.errors import UserError
 from llmclone.manifest import read_manifest
 from llmclone.models import runtime
-from llmclone.models.base_models import BaseModel, resolve
+from llmclone.models.base_models import BaseModel, base_of_clone, resolve
 from llmclone.models.chat_format import ChatFormat
 from llmclone.models.engine import Engine, Request, Sampling
 from llmclone.models.runtime import Runtime
@@ -75,7 +75,7 @@ class LLMClone:
         clone = cls(CloneConfig(model_name=manifest["base_model"]["spec"]))
         clone.clone_dir, clone.manifest = Path(clone_dir), manifest
         clone.chat_format = ChatFormat.from_json(manifest["chat_format"])
-        base = _base_for(manifest)
+        base = base_of_clone(manifest)
         if engine == "llama.cpp":
             from transformers import AutoTokenizer
 
@@ -298,18 +298,6 @@ class _LineStreamer:
                 self.stopped = True
                 return
             self.emit(line.strip())
-
-
-def _base_for(manifest: dict[str, Any]) -> BaseModel:
-    recorded = manifest["base_model"]
-    try:
-        base = resolve(recorded["spec"])
-    except UserError as err:
-        raise UserError(f"the clone's base model {recorded['spec']!r} is not available here ({err})") from None
-    if recorded.get("checksum") and base.checksum and recorded["checksum"] != base.checksum:
-        raise UserError(f"the base model found for {recorded['spec']!r} differs from the one the clone was trained on; "
-                        "use the same base model files.")
-    return base
 
 
 def train_clone(clone: LLMClone, dataset: Any, out: str | Path | None = None, **kwargs: Any) -> LLMClone:

