@@ -149,6 +149,7 @@ def test_gguf_of_each_family_loads_back_in_llama_cpp(family: str, tiny_model: Pa
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = _tiny_family(family, len(tok))
     out = write_gguf(model, tok, {"kind": "hub"}, tmp_path / f"{family}.gguf")
+    assert out.stat().st_mode & 0o077 == 0  # the owner's words: readable by the owner only
     llm = llama_cpp.Llama(model_path=str(out), n_ctx=128, logits_all=True, verbose=False)
     text = "привет! как дела? ok see you at 8"
     ids = tok(text, add_special_tokens=False)["input_ids"]

@@ -13,12 +13,11 @@ runtime would not know how to talk to the clone.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from llmclone.clone import LLMClone
-from llmclone.dataset.io import atomic_dir
+from llmclone.dataset.io import atomic_dir, private_umask, write_json
 from llmclone.errors import UserError
 
 
@@ -45,7 +44,7 @@ def export_merged(clone_dir: str | Path, out: str | Path, force: bool = False, d
         model.save_pretrained(tmp, safe_serialization=True)
         clone.tokenizer.save_pretrained(tmp)
         (tmp / "llmclone-prompt.txt").write_text(prompt_help(clone), encoding="utf-8")
-        (tmp / "clone.json").write_text(json.dumps(clone.manifest, ensure_ascii=False, indent=2), encoding="utf-8")
+        write_json(tmp / "clone.json", clone.manifest)
     return Path(out)
 
 
@@ -61,5 +60,6 @@ def export_gguf(clone_dir: str | Path, out: str | Path, force: bool = False) -> 
     write_gguf(model, tokenizer, manifest.get("base_model", {}), out)
     shell = LLMClone()
     shell.chat_format = ChatFormat.from_json(manifest["chat_format"])
-    out.with_name(out.name + ".prompt.txt").write_text(prompt_help(shell), encoding="utf-8")
+    with private_umask():
+        out.with_name(out.name + ".prompt.txt").write_text(prompt_help(shell), encoding="utf-8")
     return out

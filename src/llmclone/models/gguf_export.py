@@ -46,10 +46,12 @@ def merged_clone(clone_dir: str | Path) -> tuple[Any, Any, dict[str, Any]]:
 
 
 def write_gguf(model: Any, tokenizer: Any, base: dict[str, Any], out: Path) -> Path:
-    """Write `model` (merged weights) as an f16 GGUF at `out`, atomically."""
+    """Write `model` (merged weights) as an f16 GGUF at `out`, atomically, readable by the owner only."""
+    from llmclone.dataset.io import private_umask
+
     partial = Path(str(out) + ".partial")
     try:
-        with tempfile.TemporaryDirectory(prefix="llmclone-gguf-") as work:
+        with tempfile.TemporaryDirectory(prefix="llmclone-gguf-") as work, private_umask():
             source = _source_gguf(base, Path(work))
             if source is not None:
                 _from_source(model, source, partial)
