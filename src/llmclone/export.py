@@ -19,6 +19,7 @@ from typing import Any
 from llmclone.clone import LLMClone
 from llmclone.dataset.io import atomic_dir, private_umask, write_json
 from llmclone.errors import UserError
+from llmclone.models.chat_format import ChatFormat
 
 
 def merged_model(clone: LLMClone) -> Any:
@@ -29,8 +30,7 @@ def merged_model(clone: LLMClone) -> Any:
     return model
 
 
-def prompt_help(clone: LLMClone) -> str:
-    fmt = clone.chat_format
+def prompt_help(fmt: ChatFormat) -> str:
     if fmt.kind == "template":
         return "The clone answers as the assistant of the model's own chat template.\n"
     return (f"Prompt format (transcript): <bos>{fmt.user_label}: their message\\n{fmt.clone_label}: your reply<eos>\\n"
@@ -43,14 +43,13 @@ def export_merged(clone_dir: str | Path, out: str | Path, force: bool = False, d
     with atomic_dir(out, force, what="export") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         clone.tokenizer.save_pretrained(tmp)
-        (tmp / "llmclone-prompt.txt").write_text(prompt_help(clone), encoding="utf-8")
+        (tmp / "llmclone-prompt.txt").write_text(prompt_help(clone.chat_format), encoding="utf-8")
         write_json(tmp / "clone.json", clone.manifest)
     return Path(out)
 
 
 def export_gguf(clone_dir: str | Path, out: str | Path, force: bool = False) -> Path:
     """An f16 GGUF of the merged clone (models/gguf_export.py), with its prompt format beside it."""
-    from llmclone.models.chat_format import ChatFormat
     from llmclone.models.gguf_export import merged_clone, write_gguf
 
     out = Path(out)
@@ -58,8 +57,7 @@ def export_gguf(clone_dir: str | Path, out: str | Path, force: bool = False) -> 
         raise UserError(f"{out} already exists; choose another file or pass --force to replace it.")
     model, tokenizer, manifest = merged_clone(clone_dir)
     write_gguf(model, tokenizer, manifest.get("base_model", {}), out)
-    shell = LLMClone()
-    shell.chat_format = ChatFormat.from_json(manifest["chat_format"])
     with private_umask():
-        out.with_name(out.name + ".prompt.txt").write_text(prompt_help(shell), encoding="utf-8")
+        out.with_name(out.name + ".prompt.txt").write_text(prompt_help(ChatFormat.from_json(manifest["chat_format"])),
+                                                          encoding="utf-8")
     return out
