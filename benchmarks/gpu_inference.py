@@ -7,9 +7,9 @@ Mistral-7B architecture with random bf16 weights and a BPE trained on the datase
 benchmarks/train_gpu.py), and a QLoRA clone of it made by the trainer (`setup`: 2 steps). A history of about
 280 tokens from the dataset's held-out chats; replies greedy with exactly 40 new tokens unless said otherwise.
 Parts, each printing `RESULT {json}` and appending it to OUT/results.jsonl:
-- reply: the clone loaded in bf16 with its adapter merged. Ours (eager decode, the default), ours with CUDA
-  graphs (opt-in; with the largest logit difference from eager over 40 forced tokens, which must be ~0 before
-  graphs can be the default), and `transformers` `generate()` on the same model: latency of 40 tokens, time
+- reply: the clone loaded in bf16 with its adapter merged. Ours (CUDA graphs, the default on a GPU), ours with
+  eager decoding (LLMCLONE_CUDA_GRAPHS=0), with the largest logit difference between the two over 40 forced
+  tokens (bf16 rounding only), and `transformers` `generate()` on the same model: latency of 40 tokens, time
   to first token (a 1-token reply), single-stream decode tokens/s against the card's limit (bf16 weight
   bytes / 4.8 TB/s), and 16 conversations decoded together.
 - eval: `llmclone eval --limit 200` (evaluate(), batched) wall time with loading, against one case at a time
@@ -137,17 +137,14 @@ def part_reply(clone_dir: Path, data: Path, out: Path) -> Any:
     weights = sum(p.numel() * p.element_size() for p in clone.model.parameters())
     limit = HBM_BYTES_PER_S / weights
     print(clone.runtime.describe(), f"; weights {weights / 2**30:.2f} GiB; limit {limit:.0f} tokens/s", flush=True)
-    ours = reply_speed(clone, turns, "ours (eager decode, the default)")
+    ours = reply_speed(clone, turns, "ours (CUDA graphs, the default)")
+    ours.update(graphs_failed=getattr(clone.engine.graphs, "failed", "no graphs"),
+                max_logit_diff=graph_error(clone, turns) if clone.engine.graphs else float("nan"))
     emit(out, "reply", {**ours, "limit_tokens_per_s": limit, "share_of_limit": ours["decode_tokens_per_s"] / limit})
-    from llmclone.models.cuda_graphs import GraphDecoder
-    from llmclone.models.torch_engine import MAX_REPLY_TOKENS
-
-    clone.engine.graphs = GraphDecoder(clone.model, clone.engine.context_tokens + MAX_REPLY_TOKENS)
-    graphs = reply_speed(clone, turns, "ours, CUDA graphs (LLMCLONE_CUDA_GRAPHS=1)")
-    graphs.update(graphs_failed=clone.engine.graphs.failed, max_logit_diff=graph_error(clone, turns),
-                  share_of_limit=graphs["decode_tokens_per_s"] / limit)
-    emit(out, "reply", graphs)
-    clone.engine.graphs = None
+    graphs, clone.engine.graphs = clone.engine.graphs, None
+    eager = reply_speed(clone, turns, "ours, eager decode (LLMCLONE_CUDA_GRAPHS=0)")
+    emit(out, "reply", {**eager, "share_of_limit": eager["decode_tokens_per_s"] / limit})
+    clone.engine.graphs = graphs
 
     tok, model = clone.tokenizer, clone.model
     ids = torch.tensor([clone.chat_format.prompt(tok, turns)], device=clone.runtime.device)
@@ -172,6 +169,51 @@ def part_reply(clone_dir: Path, data: Path, out: Path) -> Any:
                         "latency_s": seconds, "tokens_per_s": sum(r.completion_tokens for r in got) / seconds})
     emit(out, "memory", {"variant": "bf16 merged", "peak_gib": torch.cuda.max_memory_allocated() / 2**30})
     return clone
+
+
+def part_steps(clone: Any, data: Path, out: Path) -> None:
+    """Where a decode step's time goes: one graph replay alone (rows 1 and 16), one eager step, the sampler,
+    and the kernels of an eager step by GPU time (a graph replays the same kernels)."""
+    from llmclone.models.cuda_graphs import GraphDecoder
+    from llmclone.models.engine import Request, Sampling
+    from llmclone.models.torch_engine import MAX_REPLY_TOKENS, _Chooser, _EagerDecoder
+
+    dev = clone.runtime.device
+    prompt = clone.chat_format.prompt(clone.tokenizer, history(clone, data))
+    print("attention:", getattr(clone.model.config, "_attn_implementation", "?"), flush=True)
+    decoder = GraphDecoder(clone.model, clone.engine.context_tokens + MAX_REPLY_TOKENS)
+    for rows in (1, 16):
+        ids = torch.tensor([prompt] * rows, device=dev)
+        attention = torch.ones_like(ids)
+        positions = (attention.cumsum(-1) - 1)
+        token = torch.full((rows,), 5, device=dev)
+        with torch.inference_mode():
+            graph = decoder.start(ids, attention, positions, 64, "steps")
+            replay = timed(lambda g=graph: [g.graph.replay() for _ in range(20)]) / 20 if graph else float("nan")
+            eager = _EagerDecoder(clone.model).start(ids, attention, positions)
+            step = timed(lambda e=eager, t=token: [e.advance(t) for _ in range(10)], runs=2) / 10
+            for label, sampling in (("greedy", Sampling(temperature=0)), ("sampled", Sampling(temperature=0.8))):
+                requests = [Request(prompt, sampling) for _ in range(rows)]
+                chooser = _Chooser(requests, [prompt] * rows, dev, clone.engine._vocab(), 128)
+                logits = eager.logits
+                choose = timed(lambda c=chooser, x=logits: [c.choose(x, n) for n in range(20)]) / 20
+                emit(out, "steps", {"variant": f"rows {rows}: sampler {label}", "seconds": choose})
+        emit(out, "steps", {"variant": f"rows {rows}: graph replay", "seconds": replay,
+                            "graphs_failed": decoder.failed})
+        emit(out, "steps", {"variant": f"rows {rows}: eager step", "seconds": step})
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = torch.tensor([prompt], device=dev)
+    attention = torch.ones_like(ids)
+    with torch.inference_mode():
+        eager = _EagerDecoder(clone.model).start(ids, attention, attention.cumsum(-1) - 1)
+        token = torch.full((1,), 5, device=dev)
+        eager.advance(token)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                eager.advance(token)
+            torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70), flush=True)
 
 
 def part_eval(clone_dir: Path, data: Path, out: Path) -> None:
@@ -337,7 +379,7 @@ def table(out: Path) -> None:
         print(f"{r['part']:<7} {r.get('variant', ''):<48} {r.get('latency_s', float('nan')):>9.3f} "
               f"{r.get('ttft_s', float('nan')):>7.3f} {rate or float('nan'):>8.1f}  {json.dumps(other)}")
     by = {r.get("variant"): r for r in rows}
-    ours, before = by.get("ours (eager decode, the default)"), by.get("before: CPU fp32, generate()")
+    ours, before = by.get("ours (CUDA graphs, the default)"), by.get("before: CPU fp32, generate()")
     hf = by.get("transformers generate(), bf16")
     if ours and before:
         print(f"reply latency, before / ours: {before['latency_s'] / ours['latency_s']:.1f}x (target >= 50x)")
@@ -366,6 +408,10 @@ def main() -> None:
         try:
             if part == "reply":
                 clone = part_reply(clone_dir, args.data, args.out)
+            elif part == "steps":
+                from llmclone.clone import LLMClone
+
+                part_steps(clone or LLMClone.load(clone_dir, load="bf16"), args.data, args.out)
             elif part == "eval":
                 part_eval(clone_dir, args.data, args.out)
             elif part == "serve":

@@ -87,6 +87,7 @@ def train(
     batch_tokens: Annotated[int | None, typer.Option(help="Tokens per micro-step (samples packed without padding).")] = None,
     all_linear: Annotated[bool, typer.Option("--all-linear", help="Put LoRA on every linear layer, not only q/k/v/o.")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    persona: Annotated[str | None, typer.Option(help="An instruct clone's system prompt: 'auto' (your name and languages), 'none', or the text.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training of this clone.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing clone directory.")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the merged settings and exit.")] = False,
@@ -97,7 +98,7 @@ def train(
 
     overrides = {"model": model, "quantize": quantize, "max_steps": max_steps, "epochs": epochs, "lora_r": lora_r,
                  "lora_alpha": lora_alpha, "learning_rate": learning_rate, "batch_tokens": batch_tokens, "seed": seed,
-                 "target_modules": "all-linear" if all_linear else None}
+                 "persona": persona, "target_modules": "all-linear" if all_linear else None}
     settings = load_config(config, overrides)
     if print_config:
         typer.echo(settings_toml(settings.model_dump()))

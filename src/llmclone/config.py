@@ -29,6 +29,9 @@ class TrainConfig(BaseModel):
 
     model: str = "embedded"
     chat_format: Literal["transcript", "template"] | None = None  # default: template if the model has one
+    # the system prompt of an instruct (template) clone, in training and replying alike: "auto" names the owner
+    # and the languages their turns are in (training/persona.py); "none": no system prompt; else the text itself
+    persona: str = Field("auto", min_length=1)
     quantize: Literal["4bit"] | None = None
     # LoRA (defaults: the original library's r=8, alpha=32, dropout 0.05 on q/k/v/o)
     lora_r: int = Field(8, ge=1, le=1024)

@@ -3,10 +3,14 @@
 - `transcript` (base models, the original article's format):
       <bos>User: how are you?\\nClone: fine))<eos>\\nUser: ...\\nClone:
   The clone's turn is its text plus the end-of-sequence token; everything else is context.
-- `template` (instruct models): the tokenizer's own chat template, the owner as `assistant`.
+- `template` (instruct models): the tokenizer's own chat template, the owner as `assistant`, with an optional
+  persona as the system prompt (folded into the first user turn where the template refuses a system role,
+  as Mistral's and Gemma's do). Templates with thinking blocks (Qwen3) are rendered with thinking off.
 
 `encode` returns the token ids and a mask of the tokens the loss is taken on: the owner's words and the
-token that ends the owner's turn, never anyone else's lines.
+token that ends the owner's turn, never anyone else's lines. Templates that rewrite earlier turns once a
+later one follows (Qwen3 drops the think block of answered turns) are masked on the whole conversation's
+rendering, each owner turn found in order.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class ChatFormat:
     kind: str = TRANSCRIPT
     user_label: str = "User"
     clone_label: str = "Clone"
+    persona: str | None = None  # the system prompt of a template format (training/persona.py writes it)
 
     @classmethod
     def for_tokenizer(cls, tokenizer: Any, requested: str | None = None) -> ChatFormat:
@@ -38,10 +43,11 @@ class ChatFormat:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ChatFormat:
-        return cls(data["kind"], data.get("user_label", "User"), data.get("clone_label", "Clone"))
+        return cls(data["kind"], data.get("user_label", "User"), data.get("clone_label", "Clone"), data.get("persona"))
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "user_label": self.user_label, "clone_label": self.clone_label}
+        return {"kind": self.kind, "user_label": self.user_label, "clone_label": self.clone_label,
+                "persona": self.persona}
 
     # -- training --------------------------------------------------------------------------------------
     def encode(self, tokenizer: Any, messages: Sequence[dict[str, str]], max_length: int | None = None
@@ -61,7 +67,7 @@ class ChatFormat:
         if self.kind == TRANSCRIPT:
             ids, _ = _tokenize_pieces(tokenizer, [*self._pieces(tokenizer, history), (self.clone_label + ": ", 0)])
             return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
-        text = tokenizer.apply_chat_template(_for_template(history), tokenize=False, add_generation_prompt=True)
+        text = _render(tokenizer, self._for_template(tokenizer, history), generation=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def prompt_within(self, tokenizer: Any, history: Sequence[dict[str, str]], budget: int) -> list[int]:
@@ -108,7 +114,7 @@ class ChatFormat:
     # -- internals -------------------------------------------------------------------------------------
     def _pieces(self, tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[tuple[str, int]]:
         if self.kind == TEMPLATE:
-            return _template_pieces(tokenizer, _for_template(messages))
+            return _template_pieces(tokenizer, self._for_template(tokenizer, messages))
         eos = tokenizer.eos_token or ""
         pieces: list[tuple[str, int]] = []
         for m in messages:
@@ -117,6 +123,17 @@ class ChatFormat:
             else:
                 pieces.append((f"{self.user_label}: {m['content']}\n", 0))
         return pieces
+
+    def _for_template(self, tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+        out = _alternating(messages)
+        if not self.persona:
+            return out
+        if _takes_system(tokenizer):
+            return [{"role": "system", "content": self.persona}, *out]
+        if not out or out[0]["role"] != "user":
+            out.insert(0, {"role": "user", "content": "…"})
+        out[0] = {"role": "user", "content": f"{self.persona}\n\n{out[0]['content']}"}
+        return out
 
 
 def _tokenize_pieces(tokenizer: Any, pieces: list[tuple[str, int]]) -> tuple[list[int], list[int]]:
@@ -129,7 +146,7 @@ def _tokenize_pieces(tokenizer: Any, pieces: list[tuple[str, int]]) -> tuple[lis
     return ids, mask
 
 
-def _for_template(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+def _alternating(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     """Chat templates want alternating roles starting with the user: join runs, open with a user line."""
     out: list[dict[str, str]] = []
     for m in messages:
@@ -142,27 +159,67 @@ def _for_template(messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
     return out
 
 
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation: bool = False) -> str:
+    # enable_thinking: Qwen3's switch (a clone answers a chat, it does not reason aloud); other templates ignore it
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation,
+                                         enable_thinking=False)
+
+
+_SYSTEM_ROLE: dict[str, bool] = {}
+
+
+def _takes_system(tokenizer: Any) -> bool:
+    """Whether the template renders a system message (Mistral's and Gemma 2's raise on one)."""
+    template = str(tokenizer.chat_template)
+    if template not in _SYSTEM_ROLE:
+        probe = "persona-probe-7f3a"
+        try:
+            text = _render(tokenizer, [{"role": "system", "content": probe}, {"role": "user", "content": "hi"}])
+            _SYSTEM_ROLE[template] = probe in text
+        except Exception:  # jinja's TemplateError from raise_exception, or whatever a template throws
+            _SYSTEM_ROLE[template] = False
+    return _SYSTEM_ROLE[template]
+
+
 def _template_pieces(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, int]]:
     """Render prefix by prefix; the text each assistant message adds is what the loss is taken on."""
-    def render(msgs: list[dict[str, str]], gen: bool = False) -> str:
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
-
     pieces: list[tuple[str, int]] = []
     done = ""
     for i, m in enumerate(messages):
         if m["role"] == "assistant":
-            before = render(messages[:i], gen=True)
-            _check_prefix(done, before)
+            before = _render(tokenizer, messages[:i], generation=True)
+            if not before.startswith(done):
+                return _located_pieces(tokenizer, messages)
             pieces.append((before[len(done):], 0))
             done = before
-        after = render(messages[: i + 1])
-        _check_prefix(done, after)
+        after = _render(tokenizer, messages[: i + 1])
+        if not after.startswith(done):
+            return _located_pieces(tokenizer, messages)
         pieces.append((after[len(done):], 1 if m["role"] == "assistant" else 0))
         done = after
     return [(text, trained) for text, trained in pieces if text]
 
 
-def _check_prefix(prefix: str, text: str) -> None:
-    if not text.startswith(prefix):
-        raise UserError("this model's chat template rewrites earlier turns, so the owner's tokens cannot be "
-                        "found; train with --chat-format transcript.")
+def _located_pieces(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, int]]:
+    """For templates that rewrite earlier turns: the whole conversation rendered once, each message found in
+    order; an owner turn is its text with an end-of-turn marker right after it, and both are trained."""
+    full = _render(tokenizer, messages)
+    closers = [t for t in (*END_OF_TURN_TOKENS, tokenizer.eos_token) if t]
+    pieces: list[tuple[str, int]] = []
+    emitted = search = 0
+    for m in messages:
+        if m["role"] != "assistant":  # passed over, so that an owner turn is not found inside it
+            at = full.find(m["content"], search)
+            search = at + len(m["content"]) if at >= 0 else search
+            continue
+        found = [(at, text, closer) for text in dict.fromkeys((m["content"], m["content"].strip())) for closer in closers
+                 if (at := full.find(text + closer, search)) >= 0]
+        if not found:
+            raise UserError("this model's chat template changes the owner's turns, so the owner's tokens cannot "
+                            "be found; train with --chat-format transcript.")
+        at, text, closer = min(found)
+        end = at + len(text) + len(closer)
+        pieces += [(full[emitted:at], 0), (full[at:end], 1)]
+        emitted = search = end
+    pieces.append((full[emitted:], 0))
+    return [(text, trained) for text, trained in pieces if text]

@@ -11,9 +11,9 @@ off for `base=True`, merged in): switching the adapter never replays the other s
 Prefill stays eager (one call per reply, shapes vary). Any failure to capture falls back to the eager path
 for the engine's lifetime, with the reason logged: replies never depend on graphs being available.
 
-Off unless asked for (`LLMCLONE_CUDA_GRAPHS=1`, or `TorchEngine(graphs=True)`): `tests/test_gpu.py` checks on
-a GPU that graph and eager decoding give the same logits step after step, and the version before the fix in
-`_full_attention` failed it; the fixed one has not met a GPU yet (benchmarks/NOTES.md).
+On by default on CUDA (`LLMCLONE_CUDA_GRAPHS=0` turns them off): `tests/test_gpu.py` checks on a GPU that
+graph and eager decoding give the same logits step after step (the version before `_full_attention` failed it;
+the fixed one passes, benchmarks/NOTES.md).
 """
 
 from __future__ import annotations

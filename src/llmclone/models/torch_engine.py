@@ -4,7 +4,7 @@ Prompts are left-padded into one batch (position ids count real tokens only, so 
 would alone), prefilled once, then decoded a token per step for every row. Each row has its own sampling
 settings and its own random generator seeded per request, so a reply does not depend on what else was in the
 batch. On a GPU the decode step can run as a captured CUDA graph over a static KV cache (models/cuda_graphs.py,
-off unless LLMCLONE_CUDA_GRAPHS=1): a 7B model's step is ~700 small kernels, whose launches cost more than
+on by default; LLMCLONE_CUDA_GRAPHS=0 turns them off): a 7B model's step is ~700 small kernels, whose launches cost more than
 reading the weights.
 
 `score` is the batched counterpart of `reply_loss` (models/scoring.py): summed cross-entropy of given tokens.
@@ -34,7 +34,7 @@ class TorchEngine:
         self.max_batch = max_batch
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         if graphs is None:
-            graphs = device.startswith("cuda") and os.environ.get("LLMCLONE_CUDA_GRAPHS") == "1"
+            graphs = device.startswith("cuda") and os.environ.get("LLMCLONE_CUDA_GRAPHS", "1") != "0"
         self.graphs: Any = None
         if graphs:
             from llmclone.models.cuda_graphs import GraphDecoder
@@ -90,9 +90,16 @@ class TorchEngine:
         logits = step.logits
         out: list[list[int]] = [[] for _ in requests]
         done = [False] * rows
+        ahead = dev.startswith("cuda")
         for n in range(max(limits)):
             tokens = chooser.choose(logits, n)
-            next_ids = tokens.tolist()
+            if ahead:  # queue the next step before reading this one's tokens: the GPU never waits for Python
+                next_ids = _Landing(tokens)
+                if n + 1 < max(limits):
+                    logits = step.advance(tokens)
+                next_ids = next_ids.tolist()
+            else:  # on a CPU a step ahead is a whole forward pass wasted after the last token
+                next_ids = tokens.tolist()
             for i, r in enumerate(requests):
                 if done[i]:
                     continue
@@ -109,7 +116,8 @@ class TorchEngine:
                     done[i] = True
             if all(done):
                 break
-            logits = step.advance(tokens)  # finished rows decode on unseen: no row depends on another
+            if not ahead:
+                logits = step.advance(tokens)  # finished rows decode on unseen: no row depends on another
         return out
 
     def _adapter_off(self) -> Any:
@@ -161,6 +169,23 @@ class TorchEngine:
             target = torch.tensor([ids[p] for p in marked], device=logits.device)
             results.append((F.cross_entropy(logits[i, rows], target, reduction="sum").item(), len(marked)))
         return results
+
+
+class _Landing:
+    """A step's tokens copied to pinned host memory behind the work queued so far, read without waiting for
+    what is queued after them."""
+
+    def __init__(self, tokens: Any) -> None:
+        import torch
+
+        self.host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        self.host.copy_(tokens, non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+
+    def tolist(self) -> list[int]:
+        self.event.synchronize()
+        return self.host.tolist()
 
 
 class _EagerDecoder:

@@ -16,6 +16,7 @@ the clone directory itself appears only when training has finished.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -32,6 +33,7 @@ from llmclone.manifest import FORMAT_VERSION, library_versions
 from llmclone.models.base_models import BaseModel, resolve
 from llmclone.models.chat_format import ChatFormat
 from llmclone.training.data import check_dataset, owner_tokens, tokenized, training_samples
+from llmclone.training.persona import persona_for
 
 
 class Interrupted(Exception):
@@ -68,6 +70,8 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
     base = resolve(config.model)
     session = _Session(base, config, work, quiet)
     train_samples, eval_samples = training_samples(dataset_dir, config)
+    persona = persona_for(config.persona, session.chat_format, stats.get("owner", {}), train_samples)
+    session.chat_format = dataclasses.replace(session.chat_format, persona=persona)
     trainer = session.trainer(train_samples, eval_samples)
     started = time.time()
     with _CtrlC(session):
