@@ -3,9 +3,9 @@
 Prompts are left-padded into one batch (position ids count real tokens only, so a padded row computes what it
 would alone), prefilled once, then decoded a token per step for every row. Each row has its own sampling
 settings and its own random generator seeded per request, so a reply does not depend on what else was in the
-batch. On a GPU the decode step can run as a captured CUDA graph over a static KV cache (models/cuda_graphs.py,
-on by default; LLMCLONE_CUDA_GRAPHS=0 turns them off): a 7B model's step is ~700 small kernels, whose launches cost more than
-reading the weights.
+batch. On a GPU the decode step runs as a captured CUDA graph over a static KV cache (models/cuda_graphs.py;
+LLMCLONE_CUDA_GRAPHS=0 turns them off): a 7B model's step is ~700 small kernels, whose launches cost more
+than reading the weights.
 
 `score` is the batched counterpart of `reply_loss` (models/scoring.py): summed cross-entropy of given tokens.
 """
@@ -94,10 +94,10 @@ class TorchEngine:
         for n in range(max(limits)):
             tokens = chooser.choose(logits, n)
             if ahead:  # queue the next step before reading this one's tokens: the GPU never waits for Python
-                next_ids = _Landing(tokens)
+                landed = _Landing(tokens)
                 if n + 1 < max(limits):
                     logits = step.advance(tokens)
-                next_ids = next_ids.tolist()
+                next_ids = landed.tolist()
             else:  # on a CPU a step ahead is a whole forward pass wasted after the last token
                 next_ids = tokens.tolist()
             for i, r in enumerate(requests):

@@ -32,7 +32,7 @@ from llmclone.errors import UserError
 from llmclone.manifest import FORMAT_VERSION, library_versions
 from llmclone.models.base_models import BaseModel, resolve
 from llmclone.models.chat_format import ChatFormat
-from llmclone.training.data import check_dataset, owner_tokens, tokenized, training_samples
+from llmclone.training.data import check_dataset, owner_tokens, read_samples, tokenized, training_samples
 from llmclone.training.persona import persona_for
 
 
@@ -70,7 +70,8 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
     base = resolve(config.model)
     session = _Session(base, config, work, quiet)
     train_samples, eval_samples = training_samples(dataset_dir, config)
-    persona = persona_for(config.persona, session.chat_format, stats.get("owner", {}), train_samples)
+    own = read_samples(dataset_dir / "train.jsonl") if config.mix_data else train_samples  # not mixed-in data
+    persona = persona_for(config.persona, session.chat_format, stats.get("owner", {}), own)
     session.chat_format = dataclasses.replace(session.chat_format, persona=persona)
     trainer = session.trainer(train_samples, eval_samples)
     started = time.time()
