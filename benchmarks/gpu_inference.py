@@ -11,7 +11,8 @@ Parts, each printing `RESULT {json}` and appending it to OUT/results.jsonl:
   eager decoding (LLMCLONE_CUDA_GRAPHS=0), with the largest logit difference between the two over 40 forced
   tokens (bf16 rounding only), and `transformers` `generate()` on the same model: latency of 40 tokens, time
   to first token (a 1-token reply), single-stream decode tokens/s against the card's limit (bf16 weight
-  bytes / 4.8 TB/s), and 16 conversations decoded together.
+  bytes / 4.8 TB/s), and 16 conversations decoded together; the same with graphs over the whole static
+  cache (as before models/decode_window.py) beside the windowed default.
 - eval: `llmclone eval --limit 200` (evaluate(), batched) wall time with loading, against one case at a time
   (--batch 1) on the first 40 cases of the same set.
 - serve: the OpenAI server (uvicorn on 127.0.0.1, the official route) under 1 and 16 concurrent conversations
@@ -109,24 +110,28 @@ def reply_speed(clone: Any, turns: list[dict[str, str]], engine_label: str) -> d
             "latency_s": latency, "ttft_s": ttft, "decode_tokens_per_s": decode}
 
 
-def graph_error(clone: Any, turns: list[dict[str, str]], steps: int = 40) -> float:
-    """Largest |logit| difference between graph and eager decoding over `steps` forced tokens (0 = same)."""
+def forced_logits(clone: Any, turns: list[dict[str, str]], graph: bool, steps: int = 40) -> Any:
+    """Logits of the prefill and `steps` forced tokens, graph-decoded or eager (None where graphs refuse)."""
     from llmclone.models.torch_engine import _EagerDecoder
 
     ids = torch.tensor([clone.chat_format.prompt(clone.tokenizer, turns)], device=clone.runtime.device)
     attention, positions = torch.ones_like(ids), torch.arange(ids.shape[1], device=ids.device)[None]
     forced = torch.randint(3, 1000, (steps,), generator=torch.Generator().manual_seed(0)).tolist()
-    runs = []
     with torch.inference_mode():
-        graph = clone.engine.graphs.start(ids, attention, positions, steps + 1, (False, False))
-        if graph is None:  # graphs refused this model
-            return float("nan")
-        for step in (graph, _EagerDecoder(clone.model).start(ids, attention, positions)):
-            logits = [step.logits.clone()]
-            for t in forced:
-                logits.append(step.advance(torch.tensor([t], device=ids.device)).clone())
-            runs.append(torch.cat(logits))
-    return float((runs[0] - runs[1]).abs().max())
+        step = (clone.engine.graphs.start(ids, attention, positions, steps + 1, (False, False)) if graph
+                else _EagerDecoder(clone.model).start(ids, attention, positions))
+        if step is None:  # graphs refused this model
+            return None
+        logits = [step.logits.clone()]
+        for t in forced:
+            logits.append(step.advance(torch.tensor([t], device=ids.device)).clone())
+    return torch.cat(logits).float().cpu()
+
+
+def graph_error(clone: Any, turns: list[dict[str, str]]) -> float:
+    """Largest |logit| difference between graph and eager decoding over forced tokens (0 = same)."""
+    graph = forced_logits(clone, turns, graph=True)
+    return float("nan") if graph is None else float((graph - forced_logits(clone, turns, graph=False)).abs().max())
 
 
 def part_reply(clone_dir: Path, data: Path, out: Path) -> Any:
@@ -138,7 +143,7 @@ def part_reply(clone_dir: Path, data: Path, out: Path) -> Any:
     limit = HBM_BYTES_PER_S / weights
     print(clone.runtime.describe(), f"; weights {weights / 2**30:.2f} GiB; limit {limit:.0f} tokens/s", flush=True)
     ours = reply_speed(clone, turns, "ours (CUDA graphs, the default)")
-    ours.update(graphs_failed=getattr(clone.engine.graphs, "failed", "no graphs"),
+    ours.update(graphs_failed=getattr(clone.engine.graphs, "failed", "no graphs"), kernels=clone.runtime.kernels,
                 max_logit_diff=graph_error(clone, turns) if clone.engine.graphs else float("nan"))
     emit(out, "reply", {**ours, "limit_tokens_per_s": limit, "share_of_limit": ours["decode_tokens_per_s"] / limit})
     graphs, clone.engine.graphs = clone.engine.graphs, None
@@ -158,6 +163,17 @@ def part_reply(clone_dir: Path, data: Path, out: Path) -> Any:
     emit(out, "reply", {"variant": "transformers generate(), bf16", "tokens": NEW_TOKENS, "latency_s": hf_latency,
                         "ttft_s": hf_ttft, "decode_tokens_per_s": 255 / (hf_long - hf_ttft)})
 
+    batch16(clone, data, out, "ours, 16 conversations in one batch")
+    graphs, clone.engine.graphs = clone.engine.graphs, whole_cache(clone)
+    whole = reply_speed(clone, turns, "ours, graphs over the whole cache (no windows)")
+    emit(out, "reply", {**whole, "share_of_limit": whole["decode_tokens_per_s"] / limit})
+    batch16(clone, data, out, "ours, 16 conversations in one batch, graphs over the whole cache")
+    clone.engine.graphs = graphs
+    emit(out, "memory", {"variant": "bf16 merged", "peak_gib": torch.cuda.max_memory_allocated() / 2**30})
+    return clone
+
+
+def batch16(clone: Any, data: Path, out: Path, label: str) -> None:
     histories = [history(clone, data, 200 + 20 * i) for i in range(16)]
     sampled = [{"temperature": 0.8, "seed": i, "max_new_tokens": 64, "min_new_tokens": 64} for i in range(16)]
     clone.replies(histories, samplings=sampled)
@@ -165,15 +181,21 @@ def part_reply(clone_dir: Path, data: Path, out: Path) -> Any:
     start = time.perf_counter()
     got = clone.replies(histories, samplings=sampled)
     seconds = time.perf_counter() - start
-    emit(out, "reply", {"variant": "ours, 16 conversations in one batch", "tokens": sum(r.completion_tokens for r in got),
-                        "latency_s": seconds, "tokens_per_s": sum(r.completion_tokens for r in got) / seconds})
-    emit(out, "memory", {"variant": "bf16 merged", "peak_gib": torch.cuda.max_memory_allocated() / 2**30})
-    return clone
+    emit(out, "reply", {"variant": label, "tokens": sum(r.completion_tokens for r in got), "latency_s": seconds,
+                        "tokens_per_s": sum(r.completion_tokens for r in got) / seconds})
+
+
+def whole_cache(clone: Any) -> Any:
+    """Graphs as before models/decode_window.py: one window, the whole static cache."""
+    from llmclone.models.cuda_graphs import GraphDecoder
+
+    cache = clone.engine.graphs.cache_tokens
+    return GraphDecoder(clone.model, cache, smallest_window=cache)
 
 
 def part_steps(clone: Any, data: Path, out: Path) -> None:
-    """Where a decode step's time goes: one graph replay alone (rows 1 and 16), one eager step, the sampler,
-    and the kernels of an eager step by GPU time (a graph replays the same kernels)."""
+    """Where a decode step's time goes: one graph step alone (rows 1 and 16; windowed, and over the whole
+    cache), one eager step, the sampler, and whole replies profiled (GPU busy time against wall time)."""
     from llmclone.models.cuda_graphs import GraphDecoder
     from llmclone.models.engine import Request, Sampling
     from llmclone.models.torch_engine import MAX_REPLY_TOKENS, _Chooser, _EagerDecoder
@@ -181,15 +203,19 @@ def part_steps(clone: Any, data: Path, out: Path) -> None:
     dev = clone.runtime.device
     prompt = clone.chat_format.prompt(clone.tokenizer, history(clone, data))
     print("attention:", getattr(clone.model.config, "_attn_implementation", "?"), flush=True)
-    decoder = GraphDecoder(clone.model, clone.engine.context_tokens + MAX_REPLY_TOKENS)
+    cache = clone.engine.context_tokens + MAX_REPLY_TOKENS
+    decoder, whole = GraphDecoder(clone.model, cache), GraphDecoder(clone.model, cache, smallest_window=cache)
     for rows in (1, 16):
         ids = torch.tensor([prompt] * rows, device=dev)
         attention = torch.ones_like(ids)
         positions = (attention.cumsum(-1) - 1)
         token = torch.full((rows,), 5, device=dev)
         with torch.inference_mode():
-            graph = decoder.start(ids, attention, positions, 64, "steps")
-            replay = timed(lambda g=graph: [g.graph.replay() for _ in range(20)]) / 20 if graph else float("nan")
+            replays = []
+            for graphs in (decoder, whole):  # 7 x 20 steps after the prompt: within one window
+                graph = graphs.start(ids, attention, positions, 256, "steps")
+                replays.append(timed(lambda g=graph, t=token: [g.advance(t) for _ in range(20)]) / 20 if graph
+                               else float("nan"))
             eager = _EagerDecoder(clone.model).start(ids, attention, positions)
             step = timed(lambda e=eager, t=token: [e.advance(t) for _ in range(10)], runs=2) / 10
             for label, sampling in (("greedy", Sampling(temperature=0)), ("sampled", Sampling(temperature=0.8))):
@@ -198,22 +224,26 @@ def part_steps(clone: Any, data: Path, out: Path) -> None:
                 logits = eager.logits
                 choose = timed(lambda c=chooser, x=logits: [c.choose(x, n) for n in range(20)]) / 20
                 emit(out, "steps", {"variant": f"rows {rows}: sampler {label}", "seconds": choose})
-        emit(out, "steps", {"variant": f"rows {rows}: graph replay", "seconds": replay,
-                            "graphs_failed": decoder.failed})
+        emit(out, "steps", {"variant": f"rows {rows}: graph step", "seconds": replays[0],
+                            "windows": decoder.windows, "graphs_failed": decoder.failed})
+        emit(out, "steps", {"variant": f"rows {rows}: graph step over the whole cache", "seconds": replays[1]})
         emit(out, "steps", {"variant": f"rows {rows}: eager step", "seconds": step})
     from torch.profiler import ProfilerActivity, profile
 
-    ids = torch.tensor([prompt], device=dev)
-    attention = torch.ones_like(ids)
-    with torch.inference_mode():
-        eager = _EagerDecoder(clone.model).start(ids, attention, attention.cumsum(-1) - 1)
-        token = torch.full((1,), 5, device=dev)
-        eager.advance(token)
+    turns = history(clone, data)
+    for label, sampling in (("greedy", {"temperature": 0}), ("sampled", {"temperature": 0.8, "seed": 1})):
+        settings = {**sampling, "max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS}
+        clone.replies([turns], samplings=[settings])
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(3):
-                eager.advance(token)
+            start = time.perf_counter()
+            clone.replies([turns], samplings=[settings])
             torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70), flush=True)
+            wall = time.perf_counter() - start
+        events = prof.key_averages()
+        busy = sum(getattr(e, "self_device_time_total", 0) for e in events) / 1e6
+        emit(out, "steps", {"variant": f"rows 1: a {label} reply of {NEW_TOKENS} tokens, profiled", "wall_s": wall,
+                            "gpu_busy_s": busy})
+        print(events.table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=70), flush=True)
 
 
 def part_eval(clone_dir: Path, data: Path, out: Path) -> None:
@@ -284,6 +314,30 @@ def part_4bit(clone_dir: Path, data: Path, out: Path) -> None:
     result.update(graphs_failed=getattr(clone.engine.graphs, "failed", "no graphs"), runtime=clone.runtime.to_json(),
                   peak_gib=torch.cuda.max_memory_allocated() / 2**30)
     emit(out, "reply", result)
+
+
+def part_kernels(clone_dir: Path, data: Path, out: Path, child: bool = False) -> None:
+    """Liger's fused kernels against transformers' layers, each in its own process (Liger swaps the family's
+    functions process-wide), alternated twice so that neither order nor warm-up favours one."""
+    if child:
+        from llmclone.clone import LLMClone
+
+        clone = LLMClone.load(clone_dir, load="bf16")
+        turns = history(clone, data)
+        weights = sum(p.numel() * p.element_size() for p in clone.model.parameters())
+        speed = reply_speed(clone, turns, f"ours, kernels {clone.runtime.kernels}")
+        speed["share_of_limit"] = speed["decode_tokens_per_s"] * weights / HBM_BYTES_PER_S
+        emit(out, "kernels", speed)
+        torch.save(forced_logits(clone, turns, graph=True), clone_dir.parent / f"logits-{clone.runtime.kernels}.pt")
+        return
+    for _ in range(2):
+        for kernels in ("none", "auto"):
+            subprocess.run([sys.executable, __file__, "--data", str(data), "--work", str(clone_dir.parent),
+                            "--out", str(out), "--parts", "kernels-child"], check=True,
+                           env={**os.environ, "LLMCLONE_KERNELS": kernels})
+    liger, plain = (torch.load(clone_dir.parent / f"logits-{k}.pt") for k in ("liger", "none"))
+    emit(out, "kernels", {"variant": "Liger against transformers' layers, 40 forced tokens (bf16)",
+                          "max_logit_diff": float((liger - plain).abs().max())})
 
 
 def part_cpu(model_dir: Path, clone_dir: Path, data: Path, out: Path) -> None:
@@ -375,7 +429,8 @@ def table(out: Path) -> None:
         rate = r.get("decode_tokens_per_s") or r.get("tokens_per_s")
         other = {k: v for k, v in r.items() if k in ("share_of_limit", "seconds", "per_case_s", "failed", "ratio",
                                                       "peak_gib", "graphs_failed", "finite", "tokens",
-                                                      "max_logit_diff")}
+                                                      "max_logit_diff", "liger_logit_diff", "kernels", "wall_s",
+                                                      "gpu_busy_s")}
         print(f"{r['part']:<7} {r.get('variant', ''):<48} {r.get('latency_s', float('nan')):>9.3f} "
               f"{r.get('ttft_s', float('nan')):>7.3f} {rate or float('nan'):>8.1f}  {json.dumps(other)}")
     by = {r.get("variant"): r for r in rows}
@@ -402,6 +457,9 @@ def main() -> None:
         part_t4(build("mistral7b", args.data, args.work), args.data, args.out, args.work)
         return
     model_dir, clone_dir = setup(args.data, args.work)
+    if parts == ["kernels-child"]:
+        part_kernels(clone_dir, args.data, args.out, child=True)
+        return
     clone = None
     for part in parts:
         started = time.perf_counter()
@@ -424,6 +482,8 @@ def main() -> None:
                 part_4bit(clone_dir, args.data, args.out)
             elif part == "cpu":
                 part_cpu(model_dir, clone_dir, args.data, args.out)
+            elif part == "kernels":
+                part_kernels(clone_dir, args.data, args.out)
             elif part == "t4":
                 subprocess.run([sys.executable, __file__, "--data", str(args.data), "--work", str(args.work),
                                 "--out", str(args.out), "--parts", "t4-child"], check=True)

@@ -4,6 +4,7 @@ rules as the llama.cpp engine; batched scoring equals one case at a time."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -115,29 +116,11 @@ def _tiny_mistral() -> torch.nn.Module:
     return MistralForCausalLM(config).eval()
 
 
-def test_static_cache_decoding_equals_eager_across_replies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CUDA-graph decoder's bookkeeping, on a CPU: its static KV cache is reused reply after reply, and
-    the capture's warm-up steps advance the cache's own counters; replies must still equal eager decoding.
-    Capture is replaced by its warm-up plus an eager replay (the graph itself is checked in test_gpu.py)."""
+def _graph_and_eager_engines(monkeypatch: pytest.MonkeyPatch, capture: Any) -> tuple[Any, Any]:
+    """Engines over one tiny Mistral on the CPU: one through the graph decoder with `capture` standing in for
+    CUDA graph capture, one eager."""
     from llmclone.models import cuda_graphs
     from llmclone.models.torch_engine import TorchEngine
-
-    def capture(self: cuda_graphs._Graph) -> None:
-        slot, position = self.slot.clone(), self.position.clone()
-        self.slot += 1
-        self.position += 1
-        for _ in range(3):
-            self._forward(input_ids=self.ids, attention_mask=self.mask, position_ids=self.position,
-                          cache_position=self.slot)
-
-        class Replay:
-            def replay(_) -> None:
-                self.out = self._forward(input_ids=self.ids, attention_mask=self.mask, position_ids=self.position,
-                                         cache_position=self.slot)
-
-        self.graph = Replay()
-        self.slot.copy_(slot)
-        self.position.copy_(position)
 
     monkeypatch.setattr(cuda_graphs._Graph, "_capture", capture)
 
@@ -145,16 +128,64 @@ def test_static_cache_decoding_equals_eager_across_replies(monkeypatch: pytest.M
         pad_token_id, eos_token_id = 0, 2
 
     model = _tiny_mistral()
-    static = TorchEngine(model, Tok(), "cpu", context_tokens=512, graphs=True)
-    eager = TorchEngine(model, Tok(), "cpu", context_tokens=512, graphs=False)
+    return (TorchEngine(model, Tok(), "cpu", context_tokens=512, graphs=True),
+            TorchEngine(model, Tok(), "cpu", context_tokens=512, graphs=False))
+
+
+def test_static_cache_decoding_equals_eager_across_replies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA-graph decoder's bookkeeping, on a CPU: its static KV cache is reused reply after reply, and
+    the capture's warm-up steps advance the cache's own counters; replies must still equal eager decoding.
+    Capture is replaced by its warm-up plus an eager replay (the graph itself is checked in test_gpu.py)."""
+    from llmclone.models import cuda_graphs, decode_window
+
+    windows: list[int] = []
+
+    def capture(self: cuda_graphs._Graph, slots: int) -> Any:
+        def forward() -> Any:
+            with decode_window.window(slots):
+                return self._forward(input_ids=self.ids, attention_mask=self.mask, position_ids=self.position,
+                                     cache_position=self.slot)
+
+        for _ in range(3):
+            forward()
+
+        class Replay:
+            out: Any = None
+
+            def replay(self) -> None:
+                self.out = forward()
+
+        windows.append(slots)
+        return Replay()
+
+    static, eager = _graph_and_eager_engines(monkeypatch, capture)
     generator = torch.Generator().manual_seed(1)
     for lengths in ((280, 100, 30), (60,), (230, 20), (5, 300, 40)):
         requests = [Request(torch.randint(3, 400, (n,), generator=generator).tolist(),
                             Sampling(temperature=0, max_new_tokens=20, min_new_tokens=20)) for n in lengths]
         assert static.generate(requests) == eager.generate(requests)
     assert static.graphs.failed is None and len(static.graphs.graphs) == 3  # buckets of 1, 2 and 4 rows
+    assert static.graphs.windows == [256, 512, 1024] and sorted(set(windows)) == [256, 512]  # 230 + 20 crossed 256
     for graph in static.graphs.graphs.values():  # what the causal mask reads must advance inside a graph
         assert all(isinstance(graph.cache.get_seq_length(i), torch.Tensor) for i in range(2))
+
+
+def test_a_capture_failing_mid_reply_finishes_the_reply_uncaptured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A capture that fails when the reply reaches a wider window (out of memory, say) neither fails the reply
+    nor changes it: the rest runs the same step uncaptured, and later replies decode eagerly."""
+    from llmclone.models import cuda_graphs
+
+    def capture(self: cuda_graphs._Graph, slots: int) -> Any:
+        if slots > 256:
+            raise RuntimeError("CUDA out of memory")
+        return cuda_graphs._Uncaptured(self, slots)  # stands in for the graph (test_gpu.py checks real ones)
+
+    static, eager = _graph_and_eager_engines(monkeypatch, capture)
+    ids = torch.randint(3, 400, (240,), generator=torch.Generator().manual_seed(2)).tolist()
+    request = [Request(ids, Sampling(temperature=0, max_new_tokens=30, min_new_tokens=30))]
+    assert static.generate(request) == eager.generate(request)  # 240 + 30 crosses into the 512 window
+    assert static.graphs.failed == "RuntimeError: CUDA out of memory" and not static.graphs.graphs
+    assert static.generate(request) == eager.generate(request)  # eager from now on
 
 
 def test_graphs_refuse_short_sliding_windows() -> None:

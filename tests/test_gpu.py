@@ -39,8 +39,9 @@ def _stepped(engine: Any, ids: list[int], tokens: list[int], graphs: bool, base:
 
 
 def test_graph_decoding_equals_eager(tiny_model: Path) -> None:
-    """Graph replay computes eager decoding's logits step after step, reply after reply (fp32; a Mistral-shaped
-    model, which graphs serve). Compared on forced tokens: kernel order alone may flip a greedy near-tie."""
+    """Graph replay computes eager decoding's logits step after step, reply after reply, as the reply moves into
+    a wider window of cache slots (fp32; a Mistral-shaped model, which graphs serve). Compared on forced tokens:
+    kernel order alone may flip a greedy near-tie."""
     from test_engine import _tiny_mistral
     from transformers import AutoTokenizer
 
@@ -49,15 +50,48 @@ def test_graph_decoding_equals_eager(tiny_model: Path) -> None:
     tok = AutoTokenizer.from_pretrained(tiny_model)
     engine = TorchEngine(_tiny_mistral().cuda(), tok, "cuda", context_tokens=512, graphs=True)
     generator = torch.Generator().manual_seed(1)
-    for n in (280, 30, 100):
+    for n in (280, 30, 240):  # 240 + 30 crosses the first window (256 slots) mid-reply
         ids = torch.randint(3, 400, (n,), generator=generator).tolist()
         forced = torch.randint(3, 400, (30,), generator=generator).tolist()
         graph, eager = _stepped(engine, ids, forced, True), _stepped(engine, ids, forced, False)
         assert engine.graphs.failed is None and engine.graphs.graphs  # graphs really served it
         torch.testing.assert_close(graph, eager, rtol=1e-4, atol=1e-4)
+    assert sorted(engine.graphs.graphs[1, (False, False)].steps) == [256, 512]
     requests = [Request(torch.randint(3, 400, (n,), generator=generator).tolist(),
                         Sampling(temperature=0.9, seed=5, max_new_tokens=20, min_new_tokens=20)) for n in (50, 9)]
     assert [len(r) for r in engine.generate(requests)] == [20, 20]
+
+
+def test_liger_kernels_give_the_plain_logits(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Liger's fused RMSNorm, RoPE and SwiGLU (chosen on a GPU where liger-kernel is installed) compute the
+    logits of transformers' own layers, prefill and graph-decoded steps alike (fp32)."""
+    pytest.importorskip("liger_kernel")
+    from test_engine import _tiny_mistral
+    from transformers import AutoTokenizer
+    from transformers.models.mistral import modeling_mistral
+
+    from llmclone.models import fused_kernels
+    from llmclone.models.torch_engine import TorchEngine
+
+    for name in ("apply_rotary_pos_emb", "MistralRMSNorm", "MistralMLP"):  # Liger swaps these module-wide
+        monkeypatch.setattr(modeling_mistral, name, getattr(modeling_mistral, name))
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 400, (300,), generator=generator).tolist()
+    forced = torch.randint(3, 400, (20,), generator=generator).tolist()
+    plain = TorchEngine(_tiny_mistral().cuda(), tok, "cuda", context_tokens=512, graphs=True)
+    expected = _stepped(plain, ids, forced, True)
+    cpu_ids = torch.tensor([ids[:50]])
+    with torch.inference_mode():
+        cpu_before = _tiny_mistral()(cpu_ids).logits
+    model = _tiny_mistral().cuda()
+    fused_kernels.apply(model)
+    with torch.inference_mode():  # models built later, on the CPU, are still transformers' own
+        torch.testing.assert_close(_tiny_mistral()(cpu_ids).logits, cpu_before, rtol=0, atol=0)
+    assert getattr(model.model.norm, "casting_mode", None) == "llama"  # Liger's RMSNorm really is in place
+    fused = TorchEngine(model, tok, "cuda", context_tokens=512, graphs=True)
+    torch.testing.assert_close(_stepped(fused, ids, forced, True), expected, rtol=1e-4, atol=1e-4)
+    assert fused.graphs.failed is None
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,20 @@ def test_lora_clone_in_16_bit_when_it_fits_else_4bit() -> None:
     assert (t4.dtype, t4.four_bit) == ("fp16", True)
 
 
+def test_fused_kernels_on_a_gpu_with_liger_only() -> None:
+    with_liger = Machine((H200,), liger=True)
+    assert plan(with_liger, MISTRAL_7B).kernels == "liger"
+    assert "Liger" in plan(with_liger, MISTRAL_7B).describe()
+    assert plan(with_liger, MISTRAL_7B).to_json()["kernels"] == "liger"
+    assert plan(with_liger, MISTRAL_7B, kernels="none").kernels == "none"
+    assert plan(with_liger, MISTRAL_7B, device="cpu").kernels == "none"  # Triton kernels: GPUs only
+    assert plan(Machine((H200,)), MISTRAL_7B).kernels == "none"  # not installed
+    with pytest.raises(UserError, match="liger-kernel"):
+        plan(Machine((H200,)), MISTRAL_7B, kernels="liger")
+    with pytest.raises(UserError, match="unknown kernels"):
+        plan(with_liger, MISTRAL_7B, kernels="fast")
+
+
 def test_memory_check_is_one_sentence_before_loading() -> None:
     with pytest.raises(UserError, match=r"needs ~1\d\.\d GiB; the GPU cuda:0 has 15\.0 GiB free; use --load 4bit"):
         plan(Machine((LAPTOP,)), MISTRAL_7B, load="bf16")

@@ -101,7 +101,7 @@ def test_batched_requests_keep_their_own_settings_and_order(clone: LLMClone) -> 
              {"temperature": 0.0 if i % 3 == 0 else 0.9, "max_new_tokens": 4 + 5 * i, "seed": 100 + i})
             for i in range(6)]
     alone = [clone.replies([history], samplings=[settings])[0] for history, settings in asks]
-    batcher = Batcher(clone, gather_seconds=0.5)
+    batcher = Batcher(clone, gather_seconds=0.5, longest_gather=2.0)
     try:
         futures = [batcher.submit(Job(history, settings)) for history, settings in asks]
         together = [f.result(timeout=120) for f in futures]
@@ -111,6 +111,35 @@ def test_batched_requests_keep_their_own_settings_and_order(clone: LLMClone) -> 
     assert [r.messages for r in together] == [r.messages for r in alone]
     assert [r.completion_tokens for r in together] == [r.completion_tokens for r in alone]
     assert len({tuple(r.messages) for r in together}) > 1
+
+
+def test_requests_arriving_a_little_apart_are_one_batch() -> None:
+    """Concurrent requests reach the batcher some time apart (each is parsed first): while each comes within
+    the gather gap of the previous one they join one batch, up to the longest gather; later ones start the next."""
+    import time
+
+    from llmclone.serving.batcher import Batcher, Job
+
+    class Clone:  # the batcher's one call into a clone, answered at once
+        def replies(self, histories: list, **_: object) -> list:
+            return [h[0]["content"] for h in histories]
+
+    batcher = Batcher(Clone(), gather_seconds=0.4, longest_gather=2.0)
+    try:
+        futures = []
+        for i in range(6):  # 0.1 s apart: 0.6 s in all, past the gap, each within it of the last
+            futures.append(batcher.submit(Job([{"role": "user", "content": str(i)}], {})))
+            time.sleep(0.1)
+        assert [f.result(timeout=10) for f in futures] == [str(i) for i in range(6)]
+        assert batcher.batches == [6]
+        futures = []
+        for i in range(4):  # 0.8 s apart: past the gap, each starts its own batch
+            futures.append(batcher.submit(Job([{"role": "user", "content": str(i)}], {})))
+            time.sleep(0.8)
+        [f.result(timeout=10) for f in futures]
+        assert batcher.batches == [6, 1, 1, 1, 1]
+    finally:
+        batcher.close()
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ Also the original library's API: `CloneConfig`, `LLMClone(config)`, `train_clone
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -105,7 +106,8 @@ class LLMClone:
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
         qlora = ((self.manifest or {}).get("training") or {}).get("quantize") == "4bit"
         size = runtime.model_size(base.path) if any(Path(base.path).glob("*.safetensors")) else None
-        chosen = runtime.plan(runtime.machine(), size, device, load, qlora_clone=qlora)
+        chosen = runtime.plan(runtime.machine(), size, device, load, qlora_clone=qlora,
+                              kernels=os.environ.get("LLMCLONE_KERNELS", "auto"))
         if not merge:
             chosen = replace(chosen, merge=False)
         self.tokenizer = AutoTokenizer.from_pretrained(base.path)
@@ -123,6 +125,10 @@ class LLMClone:
             model = PeftModel.from_pretrained(model, str(adapter))
             if chosen.merge:
                 model = model.merge_and_unload()
+        if chosen.kernels == "liger":
+            from llmclone.models import fused_kernels
+
+            fused_kernels.apply(model)
         self.model, self.runtime = model.eval(), chosen
         self.engine = TorchEngine(self.model, self.tokenizer, chosen.device, context_tokens=CONTEXT_TOKENS)
 

@@ -4,7 +4,9 @@ One decode step of a 7B model is a few hundred small kernels; launched one by on
 longer than reading the weights (the step's real cost), so a batch-1 reply runs at a fraction of the card's
 memory bandwidth. A CUDA graph replays the whole step with one launch. It needs fixed shapes and addresses:
 a transformers `StaticCache` of `cache_tokens` slots per row, static input buffers, and one graph per batch
-size (rows are padded up to the next power of two, so a handful of graphs serve every batch). A graph replays
+size (rows are padded up to the next power of two, so a handful of graphs serve every batch), captured per
+window of cache slots as the reply grows (models/decode_window.py: a step attends over the slots in use, not
+over the whole cache). A graph replays
 the kernels it captured whatever Python flags say later, so graphs are kept per adapter state (`mode`: on,
 off for `base=True`, merged in): switching the adapter never replays the other state's kernels.
 
@@ -25,10 +27,15 @@ log = logging.getLogger("llmclone.engine")
 
 
 class GraphDecoder:
-    def __init__(self, model: Any, cache_tokens: int) -> None:
+    def __init__(self, model: Any, cache_tokens: int, smallest_window: int = 256) -> None:
+        from llmclone.models import decode_window
+
         self.model, self.cache_tokens = model, cache_tokens
         self.graphs: dict[tuple[int, Any], _Graph] = {}
         self.failed: str | None = None
+        self.windows = [cache_tokens]
+        if decode_window.install(model):
+            self.windows = [w for w in (smallest_window << k for k in range(32)) if w < cache_tokens] + [cache_tokens]
 
     def start(self, input_ids: Any, attention: Any, positions: Any, max_new: int, mode: Any = None) -> _Graph | None:
         """Prefill the batch into the graph of its size; None when graphs cannot serve it (eager then)."""
@@ -39,14 +46,19 @@ class GraphDecoder:
         try:
             graph = self.graphs.get((bucket, mode))
             if graph is None:
-                graph = self.graphs[bucket, mode] = _Graph(self.model, bucket, self.cache_tokens)
+                graph = self.graphs[bucket, mode] = _Graph(self.model, bucket, self.cache_tokens, self.windows,
+                                                           self.give_up)
             graph.prefill(input_ids, attention, positions)
             return graph
         except Exception as err:  # a model whose forward cannot be captured: eager from now on
-            self.failed = f"{type(err).__name__}: {err}"
-            self.graphs.clear()
-            log.warning("CUDA graphs are off for this model (%s); decoding eagerly.", self.failed)
+            self.give_up(err)
             return None
+
+    def give_up(self, err: Exception) -> None:
+        """Eager decoding from the next reply on (the graphs' memory freed), with the reason logged."""
+        self.failed = f"{type(err).__name__}: {err}"
+        self.graphs.clear()
+        log.warning("CUDA graphs are off for this model (%s); decoding eagerly.", self.failed)
 
 
 def _full_attention(config: Any, cache_tokens: int) -> Any:
@@ -72,7 +84,8 @@ def _full_attention(config: Any, cache_tokens: int) -> Any:
 
 
 class _Graph:
-    def __init__(self, model: Any, rows: int, cache_tokens: int) -> None:
+    def __init__(self, model: Any, rows: int, cache_tokens: int, windows: list[int],
+                 give_up: Any = None) -> None:
         import torch
         from transformers import StaticCache
 
@@ -83,8 +96,9 @@ class _Graph:
         self.position = torch.zeros((rows, 1), dtype=torch.long, device=device)
         self.slot = torch.zeros((1,), dtype=torch.long, device=device)
         self.mask = torch.ones((rows, cache_tokens), dtype=torch.long, device=device)
-        self.graph: Any = None
-        self.out: Any = None
+        self.windows, self.give_up = windows, give_up
+        self.steps: dict[int, Any] = {}  # window -> its captured step (.replay() writes .out)
+        self.length = 0  # tokens the cache holds, on the host: which window the next step needs
 
     def _forward(self, **kwargs: Any) -> Any:
         return self.model(past_key_values=self.cache, use_cache=True, **kwargs).logits
@@ -108,9 +122,7 @@ class _Graph:
         self.logits = logits[:real, -1].float()
         self.position.copy_(positions[:, -1:])
         self.slot.fill_(width - 1)
-        if self.graph is None:
-            self._capture()
-            self._rewind(width)
+        self.length = width
 
     def _rewind(self, length: int) -> None:
         """Set how many tokens each cache layer counts as held, in place. transformers' static layers write at
@@ -127,28 +139,26 @@ class _Graph:
             if hasattr(layer, "cumulative_length_int"):
                 layer.cumulative_length_int = length
 
-    def _capture(self) -> None:
+    def _capture(self, slots: int) -> Any:
+        """The step attending over the first `slots` cache slots, captured."""
         import torch
 
-        # Warm-up on a side stream, as CUDA graph capture requires; it writes the slot after the prompt, which
-        # the first real step overwrites.
-        slot, position = self.slot.clone(), self.position.clone()
-        self.slot += 1
-        self.position += 1
+        from llmclone.models.decode_window import window
+
+        # Warm-up on a side stream, as CUDA graph capture requires; it writes the slot after the tokens held,
+        # which the next real step overwrites.
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream), window(slots):
             for _ in range(2):
                 self._forward(input_ids=self.ids, attention_mask=self.mask, position_ids=self.position,
                               cache_position=self.slot)
         torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.out = self._forward(input_ids=self.ids, attention_mask=self.mask, position_ids=self.position,
+        step = _Step(torch.cuda.CUDAGraph())
+        with torch.cuda.graph(step.graph), window(slots):
+            step.out = self._forward(input_ids=self.ids, attention_mask=self.mask, position_ids=self.position,
                                      cache_position=self.slot)
-        self.graph = graph
-        self.slot.copy_(slot)
-        self.position.copy_(position)
+        return step
 
     def advance(self, tokens: Any) -> Any:
         import torch
@@ -158,5 +168,38 @@ class _Graph:
         self.ids.copy_(tokens[:, None])
         self.slot += 1
         self.position += 1
+        slots = next(w for w in self.windows if w > self.length)
+        if slots not in self.steps:
+            try:
+                self.steps[slots] = self._capture(slots)
+            except Exception as err:  # out of memory, say, mid-reply: the rest of it runs the same step uncaptured
+                self.steps[slots] = _Uncaptured(self, slots)
+                if self.give_up is not None:
+                    self.give_up(err)
+            self._rewind(self.length)  # the warm-up and capture advanced the cache's counts
+        self.steps[slots].replay()
+        self.length += 1
+        return self.steps[slots].out[: self.real, -1].float()
+
+
+class _Step:
+    def __init__(self, graph: Any) -> None:
+        self.graph, self.out = graph, None
+
+    def replay(self) -> None:
         self.graph.replay()
-        return self.out[: self.real, -1].float()
+
+
+class _Uncaptured:
+    """A window's step run eagerly on the graph's own buffers, for a reply whose capture failed midway."""
+
+    def __init__(self, graph: _Graph, slots: int) -> None:
+        self.graph, self.slots, self.out = graph, slots, None
+
+    def replay(self) -> None:
+        from llmclone.models.decode_window import window
+
+        g = self.graph
+        with window(self.slots):
+            self.out = g._forward(input_ids=g.ids, attention_mask=g.mask, position_ids=g.position,
+                                  cache_position=g.slot)

@@ -43,6 +43,7 @@ class Machine:
     gpus: tuple[Gpu, ...] = ()
     cpu_bf16: bool = False
     ram_free_bytes: int = 0
+    liger: bool = False  # liger-kernel importable (its Triton kernels need a CUDA GPU)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Runtime:
     merge: bool  # adapter folded into the weights (False: kept apart, exact for NF4 bases)
     needed_bytes: int = 0
     available_bytes: int = 0
+    kernels: str = "none"  # "liger": Liger's fused RMSNorm, RoPE and SwiGLU Triton kernels (models/fused_kernels.py)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -85,13 +87,16 @@ class Runtime:
             "adapter merged" if self.merge else "adapter kept apart")
         where = "GPU" if self.cuda else "CPU"
         text = f"running on {self.device} in {self.dtype} ({weights})"
+        if self.kernels == "liger":
+            text += " with Liger's fused kernels"
         if self.needed_bytes:
             text += f"; needs ~{self.needed_bytes / GiB:.1f} GiB of the {where}'s {self.available_bytes / GiB:.1f} GiB free"
         return ". ".join([text, *self.notes])
 
     def to_json(self) -> dict[str, Any]:
         return {"device": self.device, "dtype": self.dtype, "four_bit": self.four_bit, "merge": self.merge,
-                "needed_gib": round(self.needed_bytes / GiB, 2), "available_gib": round(self.available_bytes / GiB, 2)}
+                "kernels": self.kernels, "needed_gib": round(self.needed_bytes / GiB, 2),
+                "available_gib": round(self.available_bytes / GiB, 2)}
 
 
 def machine(memory: bool = True) -> Machine:
@@ -104,7 +109,10 @@ def machine(memory: bool = True) -> Machine:
             props = torch.cuda.get_device_properties(i)
             free, total = torch.cuda.mem_get_info(i) if memory else (0, props.total_memory)
             gpus.append(Gpu(i, props.name, (props.major, props.minor), free, total))
-    return Machine(tuple(gpus), cpu_has_bf16(), _ram_free())
+    import importlib.util
+
+    liger = bool(gpus) and importlib.util.find_spec("liger_kernel") is not None
+    return Machine(tuple(gpus), cpu_has_bf16(), _ram_free(), liger)
 
 
 def cpu_has_bf16() -> bool:
@@ -175,10 +183,14 @@ def _gpu(found: Machine, device: str) -> Gpu:
 
 
 def plan(found: Machine, size: ModelSize | None, device: str = "auto", load: str = "auto",
-         qlora_clone: bool = False, precision: str = "auto", kv_tokens: int = 8 * 1280) -> Runtime:
-    """The runtime for loading a clone: device, precision, 4-bit or not, merged or not, with the memory check.
+         qlora_clone: bool = False, precision: str = "auto", kv_tokens: int = 8 * 1280,
+         kernels: str = "auto") -> Runtime:
+    """The runtime for loading a clone: device, precision, 4-bit or not, merged or not, fused kernels or not,
+    with the memory check.
 
-    `kv_tokens` is the KV cache to leave room for (batch x context); `size` None skips the memory check."""
+    `kv_tokens` is the KV cache to leave room for (batch x context); `size` None skips the memory check.
+    `kernels` "auto" takes Liger's fused kernels on a GPU where liger-kernel is installed (a decode step is
+    hundreds of small kernels; fusing them is most of what separates it from reading the weights)."""
     if load not in ("auto", "4bit", "bf16", "fp16", "fp32", "full"):
         raise UserError(f"unknown --load {load!r}; use auto, 4bit or bf16 (full 16-bit weights).")
     dev = device_for(found, device)
@@ -211,7 +223,14 @@ def plan(found: Machine, size: ModelSize | None, device: str = "auto", load: str
                "use a smaller base model, a GPU with more memory, or free memory" if cuda else
                "use a machine with more memory or a GPU (--device cuda)")
         raise UserError(f"this clone needs ~{needed / GiB:.1f} GiB; {where} {free / GiB:.1f} GiB free; {fix}.")
-    return Runtime(dev, dtype, four, merge=not four, needed_bytes=needed, available_bytes=free, notes=tuple(notes))
+    if kernels not in ("auto", "liger", "none"):
+        raise UserError(f"unknown kernels {kernels!r}; use auto, liger or none.")
+    if kernels == "liger" and not (cuda and found.liger):
+        raise UserError("Liger's kernels need a CUDA GPU and liger-kernel (pip install 'llmclone[gpu]'); "
+                        "use kernels auto or none.")
+    fused = "liger" if kernels != "none" and cuda and found.liger else "none"
+    return Runtime(dev, dtype, four, merge=not four, needed_bytes=needed, available_bytes=free, kernels=fused,
+                   notes=tuple(notes))
 
 
 def _require_bitsandbytes() -> None:

@@ -236,6 +236,7 @@ class _Chooser:
         self.temperature = column([s.temperature if s.temperature > 0 else 1.0 for s in settings])
         self.top_p = column([s.top_p for s in settings])
         self.greedy = torch.tensor([s.temperature <= 0 for s in settings], device=device)
+        self.all_greedy = all(s.temperature <= 0 for s in settings)  # then no sort: it is most of the sampler
         self.min_new = torch.tensor([s.min_new_tokens for s in settings], device=device)
         seen = torch.zeros((rows, vocab), dtype=torch.bool)
         stops = torch.zeros((rows, vocab), dtype=torch.bool)
@@ -260,6 +261,9 @@ class _Chooser:
         logits = torch.where(self.seen, penalized, logits)
         logits = logits.masked_fill(self.stops & (step < self.min_new)[:, None], -float("inf"))
         greedy = logits.argmax(-1)
+        if self.all_greedy:
+            self.seen[self.rows, greedy] = True
+            return greedy
         scaled = logits / self.temperature
         ordered, order = scaled.sort(dim=-1)
         remove = ordered.softmax(-1).cumsum(-1) <= 1 - self.top_p

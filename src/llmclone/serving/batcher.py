@@ -26,8 +26,9 @@ class Job:
 
 
 class Batcher:
-    def __init__(self, clone: Any, max_batch: int = 16, gather_seconds: float = 0.005) -> None:
-        self.clone, self.max_batch, self.gather = clone, max_batch, gather_seconds
+    def __init__(self, clone: Any, max_batch: int = 16, gather_seconds: float = 0.005,
+                 longest_gather: float = 0.05) -> None:
+        self.clone, self.max_batch, self.gather, self.longest = clone, max_batch, gather_seconds, longest_gather
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self.batches: list[int] = []  # sizes of the batches run (for tests and /health)
         self.thread = threading.Thread(target=self._run, name="llmclone-batcher", daemon=True)
@@ -44,10 +45,13 @@ class Batcher:
     def _run(self) -> None:
         while (first := self.jobs.get()) is not None:
             batch = [first]
-            deadline = time.monotonic() + self.gather  # a moment for requests that arrive together
+            # Requests that arrive together come a little apart (each is parsed first): gather while the next
+            # comes within `gather` of the last, for at most `longest`; a batch started without them would
+            # make them wait for its whole reply.
+            latest = time.monotonic() + self.longest
             while len(batch) < self.max_batch:
                 try:
-                    job = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+                    job = self.jobs.get(timeout=max(0.0, min(self.gather, latest - time.monotonic())))
                 except queue.Empty:
                     break
                 if job is None:

@@ -228,10 +228,9 @@ class _Session:
 
             enable(self._trainer.model, Offloader())
         if liger:
-            from transformers.integrations.liger import apply_liger_kernel
+            from llmclone.models import fused_kernels
 
-            # The layer kernels only: the loss stays ours (owner positions only, chunked; see loss.py).
-            apply_liger_kernel(self._trainer.model, {"cross_entropy": False, "fused_linear_cross_entropy": False})
+            fused_kernels.apply(self._trainer.model)
         return self._trainer
 
 
