@@ -13,6 +13,7 @@ import aiogram  # noqa: F401  # imported up front: its first import takes second
 import pytest
 from fake_bot_api import FakeBotAPI, private_message
 
+from llmclone.clone import Reply
 from llmclone.telegram import bot
 from llmclone.telegram.config import TelegramConfig
 from llmclone.telegram.store import Store
@@ -22,15 +23,18 @@ TOKEN = "123456:TEST-secret-token-value"
 
 
 class StubClone:
-    """Stands in for LLMClone.reply where a test is about Telegram behaviour, not about the model."""
+    """Stands in for LLMClone.replies (the batcher's one call into a clone) where a test is about Telegram
+    behaviour, not about the model."""
 
     def __init__(self, answer: Callable[[list[dict[str, str]]], list[str]] | None = None) -> None:
         self.histories: list[list[dict[str, str]]] = []
+        self.batches: list[int] = []
         self.answer = answer or (lambda h: [f"re: {h[-1]['content']}", "ну как-то так)"])
 
-    def reply(self, history: list[dict[str, str]], **sampling: Any) -> list[str]:
-        self.histories.append(history)
-        return self.answer(history)
+    def replies(self, histories: list[list[dict[str, str]]], **_: Any) -> list[Reply]:
+        self.batches.append(len(histories))
+        self.histories += histories
+        return [Reply(self.answer(h), 0, 0, "stop") for h in histories]
 
 
 def fast_config(**kw: Any) -> TelegramConfig:
@@ -142,6 +146,40 @@ def test_reply_typing_allowlist_and_owner_commands(env: None, monkeypatch: pytes
     scenario(body, monkeypatch)
     assert "running as @clone_test_bot" in caplog.text and "<secret>" in caplog.text
     assert TOKEN not in caplog.text and TOKEN.split(":")[1] not in caplog.text
+
+
+def test_chats_waiting_together_are_answered_in_one_batch(env: None, monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """While the model answers one chat, two others come in; they are decoded together, each with its own
+    history and reply."""
+    import threading
+
+    others = (444, 555)
+    gate = threading.Event()
+
+    def answer(history: list[dict[str, str]]) -> list[str]:
+        if history[-1]["content"] == "first":
+            assert gate.wait(20)  # the model busy with the first chat
+        return [f"re: {history[-1]['content']}"]
+
+    clone = StubClone(answer)
+
+    async def body(api: FakeBotAPI) -> None:
+        h = Harness(api, clone, fast_config(allow=[FRIEND, *others]), tmp_path / "state.sqlite")
+        h.start()
+        api.add_update(private_message(1, FRIEND, "first"))
+        await until(lambda: clone.batches == [1])
+        for i, chat in enumerate(others):
+            api.add_update(private_message(2 + i, chat, f"hi from {chat}"))
+        # typing starts right after a reply is queued
+        await until(lambda: all(any(a["chat_id"] == c and a["action"] == "typing" for a in api.actions) for c in others))
+        gate.set()
+        await until(lambda: all(h.texts(c) == [f"re: hi from {c}"] for c in others))
+        assert h.texts(FRIEND) == ["re: first"]
+        assert clone.batches == [1, 2]
+        await h.stop()
+
+    scenario(body, monkeypatch)
 
 
 def test_debounce_answers_a_burst_once(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

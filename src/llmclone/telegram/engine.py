@@ -2,11 +2,12 @@
 
 An incoming message is recorded in the store (a re-delivered one is recognised and dropped), then the
 engine waits until the person stops typing (debounce), asks the policy whether to answer, generates the
-clone's reply off the event loop, and sends it as separate messages with human pacing: a read delay,
-typing status while generating and while 'typing' each message. Sends go through retries with backoff,
-Telegram's requested waits (429 / FLOOD_WAIT) and a circuit breaker. After a restart, chats with
-unanswered messages are answered. A reply counts as delivered once its first message is out, so a crash
-mid-reply never makes the clone answer the same message twice.
+clone's reply off the event loop (chats waiting at the same time are decoded together in one batch, each
+with its own history, by serving/batcher.py, as the API's requests are), and sends it as separate messages
+with human pacing: a read delay, typing status while generating and while 'typing' each message. Sends go
+through retries with backoff, Telegram's requested waits (429 / FLOOD_WAIT) and a circuit breaker. After a
+restart, chats with unanswered messages are answered. A reply counts as delivered once its first message is
+out, so a crash mid-reply never makes the clone answer the same message twice.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from llmclone.serving.batcher import Batcher, Job
 from llmclone.telegram.config import TelegramConfig
 from llmclone.telegram.policy import ChatFacts, Policy
 from llmclone.telegram.store import Store
@@ -112,7 +114,7 @@ class Engine:
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown_seconds, clock)
         self.owner_online = owner_online
         self.suggest = suggest  # userbot draft mode: hand the reply to the owner instead of sending it
-        self.generate_lock = asyncio.Lock()  # one generation at a time: the model is not re-entrant
+        self.batcher = Batcher(clone)  # one model: the replies waiting at one time are one batch
         self.chat_locks: dict[int, asyncio.Lock] = {}
         self.timers: dict[int, asyncio.Task[None]] = {}
         self.waiting_timer: set[int] = set()
@@ -190,6 +192,7 @@ class Engine:
         """Drop scheduled replies (the process is going away); the store still has them for `recover`."""
         for task in list(self.tasks):
             task.cancel()
+        self.batcher.close()
 
     async def drain(self) -> None:
         """Wait until every scheduled reply is done (tests, and a clean shutdown)."""
@@ -226,14 +229,14 @@ class Engine:
         await self.send_parts(chat_id, parts, conn, upto)
 
     async def generate(self, chat_id: int, conn: str | None) -> list[str]:
-        async with self.generate_lock:
-            typing = asyncio.get_running_loop().create_task(self._keep_typing(chat_id, conn))
-            try:
-                history = self.store.history(chat_id, self.config.history_messages)
-                return await asyncio.to_thread(self.clone.reply, history, temperature=self.config.temperature,
-                                               max_new_tokens=self.config.max_new_tokens)
-            finally:
-                typing.cancel()
+        typing = asyncio.get_running_loop().create_task(self._keep_typing(chat_id, conn))
+        try:
+            history = self.store.history(chat_id, self.config.history_messages)
+            sampling = {"temperature": self.config.temperature, "max_new_tokens": self.config.max_new_tokens}
+            reply = await asyncio.wrap_future(self.batcher.submit(Job(history, sampling)))
+            return list(reply.messages)
+        finally:
+            typing.cancel()
 
     async def _keep_typing(self, chat_id: int, conn: str | None) -> None:
         while True:
