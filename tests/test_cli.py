@@ -75,3 +75,24 @@ def test_existing_dataset_needs_force(tmp_path: Path) -> None:
     out = llmclone("ingest", str(EXAMPLE), "--out", str(tmp_path / "ds"))
     assert out.returncode == 2 and "--force" in out.stderr
     assert (tmp_path / "ds" / "keep.txt").exists()
+
+
+def test_force_replaces_only_an_earlier_output(tmp_path: Path) -> None:
+    """--force pointed at the export itself, at a file or at any other directory deletes nothing."""
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "result.json").write_bytes(EXAMPLE.read_bytes())
+    out = llmclone("ingest", str(export), "--out", str(export), "--force")
+    assert out.returncode == 2 and "not a dataset directory" in out.stderr and "Traceback" not in out.stderr
+    assert (export / "result.json").read_bytes() == EXAMPLE.read_bytes()
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    out = llmclone("ingest", str(export), "--out", str(afile), "--force")
+    assert out.returncode == 2 and "is a file" in out.stderr
+    assert afile.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["export", "notes.txt"]
+    dataset = tmp_path / "ds"
+    assert llmclone("ingest", str(export), "--out", str(dataset)).returncode == 0
+    assert llmclone("ingest", str(export), "--out", str(dataset), "--force").returncode == 0  # an earlier dataset
+    out = llmclone("train", str(dataset), "--out", str(export), "--force", "--max-steps", "1")
+    assert out.returncode == 2 and "not a clone directory" in out.stderr
+    assert (export / "result.json").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]

@@ -203,3 +203,21 @@ def test_written_samples_are_the_windows_messages(tmp_path: Path) -> None:
                       for w in windows(s, 20, by_id=by_id))
     assert written == expected
     assert any('"re: message 1"' in w and '"message 1 in 7"' in w for w in written)  # the quoted message came along
+
+
+@pytest.mark.parametrize(("what", "mark"), [("dataset", "stats.json"), ("clone", "clone.json"),
+                                            ("export", "clone.json"), ("report", "report.json")])
+def test_force_replaces_a_directory_only_when_it_is_an_earlier_output(tmp_path: Path, what: str, mark: str) -> None:
+    from llmclone.dataset.io import atomic_dir
+
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_text("meow")
+    with pytest.raises(UserError, match=f"not a {what} directory"), atomic_dir(other, force=True, what=what):
+        pass
+    assert (other / "cat.jpg").read_text() == "meow" and sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+    earlier = tmp_path / "earlier"
+    write(earlier / mark, {})
+    with atomic_dir(earlier, force=True, what=what) as tmp:
+        write(tmp / mark, {"new": 1})
+    assert json.loads((earlier / mark).read_text()) == {"new": 1}

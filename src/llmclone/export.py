@@ -48,6 +48,13 @@ def export_merged(clone_dir: str | Path, out: str | Path, force: bool = False, d
     return Path(out)
 
 
+def _is_gguf(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
 def export_gguf(clone_dir: str | Path, out: str | Path, force: bool = False) -> Path:
     """An f16 GGUF of the merged clone (models/gguf_export.py), with its prompt format beside it."""
     from llmclone.models.gguf_export import merged_clone, write_gguf
@@ -55,6 +62,8 @@ def export_gguf(clone_dir: str | Path, out: str | Path, force: bool = False) -> 
     out = Path(out)
     if out.exists() and not force:
         raise UserError(f"{out} already exists; choose another file or pass --force to replace it.")
+    if out.exists() and not _is_gguf(out):
+        raise UserError(f"{out} is not a GGUF file; --force replaces only an earlier export: choose another file.")
     model, tokenizer, manifest = merged_clone(clone_dir)
     write_gguf(model, tokenizer, manifest.get("base_model", {}), out)
     with private_umask():

@@ -27,16 +27,37 @@ def private_umask() -> Iterator[None]:
         os.umask(old)
 
 
+# The file that marks a directory as an earlier output of each kind: --force replaces such a directory (or
+# an empty one) and nothing else, so a mistyped --out never deletes an export, a home or a source tree.
+MARKS = {"dataset": "stats.json", "clone": "clone.json", "export": "clone.json", "report": "report.json"}
+
+
+def check_replaceable(dest: Path, force: bool, what: str) -> None:
+    """Refuse, in one sentence, a `dest` that holds something other than an earlier `what` (or anything,
+    without `force`)."""
+    if not dest.exists() and not dest.is_symlink():
+        return
+    if not dest.is_dir():
+        raise UserError(f"{dest} is a file, not a {what} directory; choose a directory for the {what}.")
+    if not any(dest.iterdir()):
+        return
+    if not force:
+        raise UserError(f"{dest} already exists; choose another {what} directory or pass --force to replace it.")
+    mark = MARKS.get(what)
+    if mark is not None and not (dest / mark).is_file():
+        raise UserError(f"{dest} is not a {what} directory (it has no {mark}); --force replaces only an earlier "
+                        f"{what}: choose another directory.")
+
+
 @contextmanager
 def atomic_dir(dest: str | Path, force: bool = False, what: str = "output") -> Iterator[Path]:
     """Yield a private temporary directory that becomes `dest` only if the block succeeds.
 
-    An existing non-empty `dest` is kept unless `force`; with `force` it is replaced only at the end,
-    so a failed run never loses the previous result.
+    An existing non-empty `dest` is kept unless `force`, and with it only if it is an earlier `what`
+    (`check_replaceable`); it is replaced only at the end, so a failed run never loses the previous result.
     """
     dest = Path(dest).expanduser().absolute()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
-        raise UserError(f"{dest} already exists; choose another {what} directory or pass --force to replace it.")
+    check_replaceable(dest, force, what)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with private_umask():

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llmclone.config import TrainConfig, batch_tokens_for
-from llmclone.dataset.io import PRIVATE_DIR, atomic_dir, private_umask, write_json
+from llmclone.dataset.io import PRIVATE_DIR, atomic_dir, check_replaceable, private_umask, write_json
 from llmclone.errors import UserError
 from llmclone.manifest import FORMAT_VERSION, library_versions
 from llmclone.models.base_models import BaseModel, resolve
@@ -49,8 +49,7 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
     """Train a clone on the dataset; returns its manifest. Raises Interrupted on Ctrl-C (after saving)."""
     dataset_dir, out = Path(dataset_dir), Path(out).absolute()
     stats = check_dataset(dataset_dir)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} already exists; choose another clone directory or pass --force to replace it.")
+    check_replaceable(out, force, "clone")
     work = partial_dir(out)
     config_key = _config_key(config, stats)
     if resume:
