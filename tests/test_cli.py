@@ -96,3 +96,21 @@ def test_force_replaces_only_an_earlier_output(tmp_path: Path) -> None:
     out = llmclone("train", str(dataset), "--out", str(export), "--force", "--max-steps", "1")
     assert out.returncode == 2 and "not a clone directory" in out.stderr
     assert (export / "result.json").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]
+
+
+def test_version_non_finite_settings_and_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from llmclone import __version__, cli
+
+    out = llmclone("--version")
+    assert out.returncode == 0 and out.stdout.strip() == __version__
+    out = llmclone("train", str(tmp_path), "--out", str(tmp_path / "c"), "--print-config", "--epochs", "inf")
+    assert out.returncode == 2 and "finite" in out.stderr and "Infinity" not in out.stdout
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("llmclone.dataset.ingest.ingest", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["ingest", str(EXAMPLE), "--out", str(tmp_path / "ds")])
+    assert stopped.value.code == 130 and "interrupted" in capsys.readouterr().err

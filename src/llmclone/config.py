@@ -25,7 +25,7 @@ def batch_tokens_for(config: TrainConfig) -> int:
 class TrainConfig(BaseModel):
     """Everything that decides what a clone learns. Recorded whole in the clone's manifest."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     model: str = "embedded"
     chat_format: Literal["transcript", "template"] | None = None  # default: template if the model has one

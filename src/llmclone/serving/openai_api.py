@@ -45,7 +45,7 @@ class ChatMessage(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # OpenAI clients send many optional fields
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # OpenAI clients send many optional fields
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
     stream: bool = False

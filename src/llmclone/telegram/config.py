@@ -18,7 +18,7 @@ from llmclone.errors import UserError
 
 
 class TelegramConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     owner_id: int | None = None  # the owner's Telegram user id: owner commands, and the default allowlist
     allow: list[int] = Field(default_factory=list)  # who the clone may answer besides the owner
