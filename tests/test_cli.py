@@ -114,3 +114,12 @@ def test_version_non_finite_settings_and_ctrl_c(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(SystemExit) as stopped:
         cli.main(["ingest", str(EXAMPLE), "--out", str(tmp_path / "ds")])
     assert stopped.value.code == 130 and "interrupted" in capsys.readouterr().err
+
+
+def test_reply_refuses_text_that_is_not_utf8(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "llmclone", "reply", str(tmp_path), b"caf\xe9"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2 and "not valid UTF-8" in out.stderr and "Traceback" not in out.stderr
+    piped = subprocess.run([sys.executable, "-m", "llmclone", "reply", str(tmp_path)], input=b"caf\xe9",
+                           capture_output=True, timeout=300)
+    assert piped.returncode == 2 and b"not valid UTF-8" in piped.stderr and b"Traceback" not in piped.stderr

@@ -192,6 +192,32 @@ def test_auth(locked_url: str) -> None:
     assert ok.status_code == 200
 
 
+def test_key_scheme_schema_and_hostile_bodies(clone: LLMClone) -> None:
+    """The scheme is case-insensitive, the schema is behind the key, and bodies too large, too many messages
+    or text that is not valid Unicode get 4xx in OpenAI's shape without reaching the model."""
+    server = _server(create_app(clone, model_id="llmclone-test", api_key=KEY, max_body_bytes=256 * 1024))
+    url = next(server)
+    try:
+        key = {"Authorization": f"bearer {KEY}"}
+        assert httpx.get(f"{url}/v1/models", headers=key).status_code == 200
+        assert httpx.get(f"{url}/openapi.json").status_code == 401
+        assert httpx.get(f"{url}/openapi.json", headers=key).status_code == 404
+        big = BODY | {"messages": [{"role": "user", "content": "a" * 300_000}]}
+        r = httpx.post(f"{url}/v1/chat/completions", json=big, headers=key)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        many = BODY | {"messages": [{"role": "user", "content": "ок"}] * 2001}
+        r = httpx.post(f"{url}/v1/chat/completions", json=many, headers=key, timeout=60)
+        assert r.status_code == 400 and "2000" in r.json()["error"]["message"]
+        lone = b'{"messages": [{"role": "user", "content": "\\ud800 hi"}], "max_tokens": 4}'
+        r = httpx.post(f"{url}/v1/chat/completions", content=lone, timeout=60,
+                       headers=key | {"content-type": "application/json"})
+        assert r.status_code == 400 and "surrogate" in r.json()["error"]["message"]
+        chunked = httpx.post(f"{url}/v1/chat/completions", content=iter([b"{}"]), headers=key)
+        assert chunked.status_code == 411
+    finally:
+        next(server, None)  # stops the server
+
+
 def test_official_openai_client(open_url: str, locked_url: str) -> None:
     import openai
 

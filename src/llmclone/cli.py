@@ -173,7 +173,11 @@ def reply(
     """The clone's answer to one message: one line per message it would send."""
     from llmclone.terminal import reply_once
 
-    message = text if text is not None else sys.stdin.read().strip()
+    try:
+        message = text if text is not None else sys.stdin.read().strip()
+        message.encode("utf-8")  # the shell passes undecodable bytes as lone surrogates
+    except UnicodeError:
+        raise UserError("the message is not valid UTF-8 text; give it in UTF-8.") from None
     if not message.strip():
         raise UserError("no message to answer; give it as an argument or on stdin.")
     sampling = _sampling(temperature, max_new_tokens)
@@ -209,13 +213,15 @@ def serve(
     full_vocabulary: Annotated[bool, _FULL_VOCABULARY] = False,
     device: Annotated[str, _DEVICE] = "auto",
     load: Annotated[str, _LOAD] = "auto",
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted, in MB (larger: 413).", min=0.01)] = 4,
 ) -> None:
     """Serve the clone over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
     from llmclone.serving.openai_api import serve as run_server
 
     typer.echo(f"serving {clone} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
     run_server(str(clone), host=host, port=port, api_key=api_key, engine=engine,
-               vocabulary="full" if full_vocabulary else "shortlist", device=device, load=load)
+               vocabulary="full" if full_vocabulary else "shortlist", device=device, load=load,
+               max_body_bytes=int(max_body_mb * 2**20))
 
 
 @app.command()

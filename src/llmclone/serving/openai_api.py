@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import threading
 import time
@@ -21,10 +22,23 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmclone.serving.batcher import Batcher, Job
+
+MAX_BODY_BYTES = 4 * 2**20  # a long chat is far less; more is a mistake or an attack (`serve --max-body-mb`)
+MAX_MESSAGES = 2000  # only the latest fit the context anyway
+
+
+def _valid_text(value: Any) -> Any:
+    """Text that cannot be encoded (a lone surrogate such as "\ud800") is refused at the edge, as 400."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (it holds a lone surrogate)") from None
+    return value
 
 
 class ContentPart(BaseModel):
@@ -32,11 +46,15 @@ class ContentPart(BaseModel):
     type: str
     text: str | None = None
 
+    _text = field_validator("text")(_valid_text)
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+
+    _content = field_validator("content")(_valid_text)
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -46,7 +64,7 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # OpenAI clients send many optional fields
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     model: str | None = None
     stream: bool = False
     temperature: float | None = Field(None, ge=0, le=2)
@@ -62,8 +80,14 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", code:
                                                                "code": code}})
 
 
-def create_app(clone: Any, model_id: str = "clone", api_key: str | None = None, max_batch: int = 16) -> FastAPI:
-    app = FastAPI(title="LLMClone", version="1", docs_url=None, redoc_url=None)
+def _authorized(request: Request, api_key: str) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
+def create_app(clone: Any, model_id: str = "clone", api_key: str | None = None, max_batch: int = 16,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    app = FastAPI(title="LLMClone", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     batcher = Batcher(clone, max_batch=max_batch)  # one model; queued requests are decoded together
     app.state.batcher = batcher
     app.router.add_event_handler("shutdown", batcher.close)
@@ -71,10 +95,16 @@ def create_app(clone: Any, model_id: str = "clone", api_key: str | None = None, 
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Any) -> Any:
-        denied = request.headers.get("authorization", "") != f"Bearer {api_key}"
-        if api_key and request.url.path.startswith("/v1/") and denied:
+        if api_key and request.url.path != "/health" and not _authorized(request, api_key):
             return _error(401, "Invalid or missing API key (Authorization: Bearer ...).", "authentication_error",
                           "invalid_api_key")
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None:
+                return _error(411, "Send the request body with a Content-Length header.")
+            if not length.isdigit() or int(length) > max_body_bytes:
+                return _error(413, f"The request body is over {max_body_bytes // 2**20} MB; send fewer or shorter "
+                              "messages (serve --max-body-mb raises the limit).", code="request_too_large")
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
@@ -175,7 +205,8 @@ async def _stream(batcher: Batcher, history: list[dict[str, str]], sampling: dic
 
 
 def serve(clone_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          engine: str = "torch", vocabulary: str = "shortlist", device: str = "auto", load: str = "auto") -> None:
+          engine: str = "torch", vocabulary: str = "shortlist", device: str = "auto", load: str = "auto",
+          max_body_bytes: int = MAX_BODY_BYTES) -> None:
     import uvicorn
 
     from llmclone.clone import LLMClone
@@ -186,4 +217,5 @@ def serve(clone_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: st
     name = f"llmclone-{clone.clone_dir.name if clone.clone_dir else 'clone'}"
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can talk to your clone.")
-    uvicorn.run(create_app(clone, model_id=name, api_key=api_key), host=host, port=port, log_level="warning")
+    app = create_app(clone, model_id=name, api_key=api_key, max_body_bytes=max_body_bytes)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
