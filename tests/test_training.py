@@ -300,3 +300,14 @@ def test_out_of_memory_names_the_setting_to_lower(tiny_model: Path, example_data
     with pytest.raises(UserError, match="lower batch_tokens \\(now 512\\)"):
         train(example_dataset, tmp_path / "clone", tiny_config(tiny_model))
     assert not (tmp_path / "clone").exists()
+
+
+def test_zero_steps_refused_and_a_short_run_reports_its_loss(tiny_model: Path, example_dataset: Path,
+                                                             tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_steps must be at least 1"):
+        TrainConfig(max_steps=0)
+    manifest = train(example_dataset, tmp_path / "clone", TrainConfig(
+        model=str(tiny_model), max_steps=1, logging_steps=5, batch_tokens=512, max_length=256, eval_steps=10**6,
+        max_eval_samples=4), quiet=True)
+    loss = manifest["metrics"]["train_loss"]
+    assert isinstance(loss, float) and loss == loss and loss > 0  # one step, logged every 5: the summary's loss

@@ -83,6 +83,8 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if self.max_steps == 0:
+            raise ValueError("max_steps must be at least 1 (or -1: train for the epochs)")
         if isinstance(self.batch_tokens, int) and self.batch_tokens < 64:
             raise ValueError("batch_tokens must be at least 64")
         if isinstance(self.batch_tokens, int) and self.max_length > self.batch_tokens:

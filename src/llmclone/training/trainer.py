@@ -379,7 +379,9 @@ def _manifest(base: BaseModel, chat_format: ChatFormat, stats: dict[str, Any], d
         "training": config.model_dump(),
         "metrics": {
             "steps": trainer.state.global_step,
-            "train_loss": history[-1]["loss"] if history else None,
+            # the last logged loss; a run shorter than the logging interval has only the trainer's summary
+            "train_loss": history[-1]["loss"] if history else next(
+                (h["train_loss"] for h in trainer.state.log_history if "train_loss" in h), None),
             "eval_loss": final_eval.get("eval_loss"),
             "train_tokens": int(max((h.get("num_tokens", 0) for h in history), default=0)) or None,
             "seconds": round(seconds, 1),
