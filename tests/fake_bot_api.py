@@ -3,8 +3,9 @@
 Bot methods (POST /bot<token>/<method>): getMe, getUpdates (offset, capped long-poll), sendMessage (400
 over 4096 characters), sendChatAction, editMessageText, deleteWebhook, getBusinessConnection.
 Control endpoints: POST /control/update (inject an update), GET /control/sent (what the bot sent),
-GET /control/actions, POST /control/fail ({"method", "status", "retry_after", "count", "delay"}; status 200
-with a delay is a slow answer).
+GET /control/actions, POST /control/fail ({"method", "status", "retry_after", "count", "delay", "html"}; status
+200 with a delay is a slow answer; "html": true answers with a front end's HTML error page, which, as some
+servers' pages do, echoes the requested path, bot token included).
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class FakeBotAPI:
                 status = failure.get("status", 500)
                 if status == 200:
                     break  # only slow: answer normally after the delay
+                if failure.get("html"):
+                    page = f"<html><body><h1>{status} Bad Gateway</h1><p>{request.path}</p><hr>nginx</body></html>"
+                    return web.Response(text=page, status=status, content_type="text/html")
                 body: dict[str, Any] = {"ok": False, "error_code": status, "description": failure.get("description", "error")}
                 if status == 429:
                     body["parameters"] = {"retry_after": failure.get("retry_after", 1)}

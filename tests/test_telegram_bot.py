@@ -229,6 +229,37 @@ def test_long_reply_split_and_retries(env: None, monkeypatch: pytest.MonkeyPatch
     scenario(body, monkeypatch)
 
 
+def test_html_error_pages_are_retried_and_never_log_the_token(env: None, monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An outage answered with nginx's HTML page (not Telegram's JSON) is retried like any 5xx, and the page,
+    which echoes the URL with the token in it, reaches the log redacted, tracebacks included."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    clone = StubClone(lambda h: [f"re: {h[-1]['content']}"])
+
+    async def body(api: FakeBotAPI) -> None:
+        api.failures.append({"method": "sendMessage", "status": 502, "html": True, "count": 2})
+        h = Harness(api, clone, fast_config(), tmp_path / "s.sqlite")
+        h.start()
+        api.add_update(private_message(50, FRIEND, "ты тут?"))
+        await until(lambda: h.texts(FRIEND) == ["re: ты тут?"], timeout=20)
+        assert api.calls.count("sendMessage") == 3  # two HTML pages, then delivered without a restart
+        api.failures.append({"method": "getMe", "status": 502, "html": True, "count": 1})
+        extra = bot.make_bot(TOKEN)
+        try:  # what aiogram raises for such a page (its text holds the page), logged with its traceback
+            await extra.get_me()
+        except Exception:
+            logging.getLogger("aiogram.event").exception("request failed")
+        finally:
+            await extra.session.close()
+        await h.stop()
+
+    scenario(body, monkeypatch)
+    assert "<secret>" in caplog.text and "Bad Gateway" in caplog.text
+    assert TOKEN not in caplog.text and TOKEN.split(":")[1] not in caplog.text
+
+
 def test_no_loss_and_no_duplicate_across_restarts(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     clone = StubClone(lambda h: [f"re: {h[-1]['content']}"])
     state = tmp_path / "s.sqlite"

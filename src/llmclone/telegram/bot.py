@@ -53,11 +53,13 @@ class BotGateway:
         await self.bot.send_chat_action(chat_id, "typing", business_connection_id=conn)
 
     def classify(self, exc: BaseException) -> tuple[str, float] | None:
-        from aiogram.exceptions import TelegramNetworkError, TelegramRetryAfter, TelegramServerError
+        from aiogram.exceptions import ClientDecodeError, TelegramNetworkError, TelegramRetryAfter, TelegramServerError
 
         if isinstance(exc, TelegramRetryAfter):
             return ("wait", float(exc.retry_after))
-        if isinstance(exc, TelegramServerError | TelegramNetworkError | asyncio.TimeoutError | OSError):
+        # ClientDecodeError: a body that is not Telegram's JSON, as a front end's HTML error page during an outage
+        transient = TelegramServerError | TelegramNetworkError | ClientDecodeError | asyncio.TimeoutError | OSError
+        if isinstance(exc, transient):
             return ("retry", 0.0)
         return None
 
