@@ -83,6 +83,16 @@ def test_parallel_path_equals_sequential(tmp_path: Path, monkeypatch: pytest.Mon
         assert (tmp_path / "seq" / name).read_bytes() == (tmp_path / "par" / name).read_bytes()
 
 
+def test_parallel_run_leaves_no_spill_file_when_one_batch_holds_everything(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import llmclone.dataset.ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module, "_PARALLEL_MIN_BYTES", 0)  # one batch, two workers: one never gets work
+    export = write(tmp_path / "r.json", full_export([chat(7, dialogue(7, 30))]))
+    run(export, tmp_path / "par", workers=2)
+    assert sorted(p.name for p in (tmp_path / "par").iterdir()) == ["eval.jsonl", "stats.json", "train.jsonl"]
+
+
 def test_groups_only_owner_messages_get_no_invented_context(tmp_path: Path, small_export: Path) -> None:
     stats = run(small_export, tmp_path / "ds", groups=True)
     assert stats["chats"]["group"] == 1 and stats["chats"]["groups_without_context"] == 1

@@ -28,6 +28,10 @@ from llmclone.errors import UserError
         ("GB82WEST12345698765432", "iban", "<iban>"),
         ("https://bob:hunter2@example.com/x", "secret_url", "<secret-url>"),
         ("https://site.com/reset?token=abcdef123456", "secret_url", "<secret-url>"),
+        ("go https://a.com/?next=https://b.com/x&token=abcdef123456", "secret_url", "<secret-url>"),
+        ("x" * 100 + "-https://bob:hunter2@example.com/x", "secret_url", "<secret-url>"),
+        ("." * 100 + "ivan@mail.ru", "email", "<email>"),
+        ("me@mail.a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t.u.v.w.x.y.z.com", "email", "<email>"),
         ("send to 0x52908400098527886E0F7030069857D2E4169EE7", "crypto_wallet", "<crypto-wallet>"),
         ("btc 1BvBMSEYstWetqTFn5Au4m4GFg7xJaNVN2", "crypto_wallet", "<crypto-wallet>"),
         ("bot token 123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw1", "token", "<token>"),
@@ -95,3 +99,20 @@ def test_scrub_many_equals_one_by_one(texts: list[str]) -> None:
     one, many = Scrubber(), Scrubber()
     assert many.scrub_many(list(texts)) == [one.scrub(t) for t in texts]
     assert many.counts == one.counts
+
+
+def test_detectors_take_linear_time_on_long_runs() -> None:
+    """Each of these took quadratic time (16,000 'a.' before an '@' took 2 s, so 1 MB took hours)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from llmclone.dataset.privacy import Scrubber\n"
+        "s = Scrubber()\n"
+        "for t in ['a.' * 500_000 + '@', 'a.' * 500_000 + '://', 'https://' * 120_000 + '?', '1-' * 500_000 + '@x']:\n"
+        "    s.scrub(t)\n"
+        "print(s.scrub('a.' * 1000 + 'b@c.com')[-7:])\n"
+    )
+    # a bound on termination (the quadratic patterns ran for hours), not a speed target
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "<email>"

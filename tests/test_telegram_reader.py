@@ -252,3 +252,115 @@ def test_missing_and_folder_without_export(tmp_path: Path) -> None:
     (tmp_path / "html" / "messages.html").write_text("<html></html>")
     with pytest.raises(UserError, match="HTML export"):
         open_export(tmp_path / "html")
+
+
+# -- hostile shapes (issue 23): refused in one sentence before they are built ------------------------------------
+def _ingest(path: Path, out: Path, **options: object) -> None:
+    from llmclone.dataset.ingest import IngestOptions, ingest
+
+    ingest([path], out, IngestOptions(**options), progress=False, workers=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("where", ["personal_information", "inside a message"])
+def test_deep_nesting_is_refused_not_built(tmp_path: Path, where: str) -> None:
+    deep = "[" * 100_000 + "]" * 100_000  # ijson.parse took 20 GB on this, json/msgspec a RecursionError
+    export = json.dumps(full_export([chat(7, dialogue(7, 4))]))
+    if where == "personal_information":
+        export = export.replace('"personal_information": {', f'"personal_information": {{"x": {deep}, ', 1)
+    else:
+        export = export.replace('"text": "message 1 in 7"', f'"text": {deep}', 1)
+    path = tmp_path / "result.json"
+    path.write_text(export)
+    with pytest.raises(UserError, match="more than 64 levels deep"):
+        _ingest(path, tmp_path / "out")
+    assert not any(p.name != "result.json" for p in tmp_path.iterdir())  # no dataset, no temp dir
+
+
+def test_a_sea_of_whitespace_inside_a_chat_is_refused(tmp_path: Path) -> None:
+    export = json.dumps(full_export([chat(7, dialogue(7, 4))]))
+    path = tmp_path / "result.json"
+    path.write_text(export.replace('"messages": [', '"messages": [' + " " * (17 << 20), 1))
+    with pytest.raises(UserError, match="more than 16 MB with no text boundary"):
+        _ingest(path, tmp_path / "out")
+
+
+def test_zip_bomb_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    export = json.dumps(full_export([chat(7, dialogue(7, 4))]))
+    path = tmp_path / "export.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("export/result.json", export.replace('"messages": [', '"messages": [' + " " * (80 << 20), 1))
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(UserError, match="-fold"):
+        _ingest(path, tmp_path / "out")
+
+
+def _zip_of(tmp_path: Path, method: int = zipfile.ZIP_DEFLATED) -> tuple[Path, bytearray]:
+    path = tmp_path / "export.zip"
+    with zipfile.ZipFile(path, "w", method) as zf:
+        zf.writestr("export/result.json", json.dumps(full_export([chat(7, dialogue(7, 400))]), indent=1))
+    return path, bytearray(path.read_bytes())
+
+
+def _patch_header(data: bytearray, field: int, value: int, size: int = 2) -> None:
+    """Set a field of the local header (offset from 'PK\\3\\4') and the same field of the central directory."""
+    local = data.find(b"PK\x03\x04")
+    central = data.find(b"PK\x01\x02")
+    data[local + field : local + field + size] = value.to_bytes(size, "little")
+    data[central + field + 2 : central + field + 2 + size] = value.to_bytes(size, "little")  # 2 bytes further on
+
+
+@pytest.mark.parametrize("damage", ["bad crc", "corrupt deflate", "deflate64", "encrypted"])
+def test_damaged_zips_say_so_in_one_sentence(tmp_path: Path, damage: str) -> None:
+    path, data = _zip_of(tmp_path, zipfile.ZIP_STORED if damage == "bad crc" else zipfile.ZIP_DEFLATED)
+    start = data.find(b"PK\x03\x04") + 30 + len("export/result.json")
+    if damage == "bad crc":
+        data[start + 500] ^= 0x01  # a stored byte: only the CRC notices
+    elif damage == "corrupt deflate":
+        data[start + 20 : start + 60] = b"\xff" * 40
+    elif damage == "deflate64":
+        _patch_header(data, 8, 9)  # compression method 9
+    else:
+        _patch_header(data, 6, 1)  # general purpose flag bit 0: encrypted
+    path.write_bytes(data)
+    expected = {"bad crc": "damaged", "corrupt deflate": "damaged", "deflate64": "Deflate64", "encrypted": "encrypted"}
+    with pytest.raises(UserError, match=expected[damage]):
+        _ingest(path, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.zip"]
+
+
+def test_string_chat_ids_read_alike_on_both_paths_and_bad_ones_counted(tmp_path: Path) -> None:
+    chats = [chat(7, dialogue(7, 6)), chat(8, dialogue(8, 6, peer=8)), chat(9, dialogue(9, 6, peer=9)),
+             chat(10, dialogue(10, 6, peer=10))]
+    chats[1]["id"] = "8"  # a string among integers: the fast path's header did not match it and dropped it
+    chats[2]["id"] = "not a number"
+    path = write(tmp_path / "result.json", full_export(chats))
+    _, fast, fast_tally = read_all(path)
+    _, slow, slow_tally = read_all(path, streaming=True)
+    assert [c.id for c in fast] == [c.id for c in slow] == [7, 8, 10]
+    assert [c.messages for c in fast] == [c.messages for c in slow]
+    assert fast_tally == slow_tally
+    assert fast_tally.skipped_chats["malformed"] == 1
+
+
+def test_large_chats_are_streamed_message_by_message_with_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                         ) -> None:
+    import llmclone.sources.telegram as telegram
+
+    path = write(tmp_path / "result.json", full_export([chat(7, dialogue(7, 300)), chat(8, dialogue(8, 20, peer=8))]))
+    _, whole, whole_tally = read_all(path)
+    monkeypatch.setattr(telegram, "_CHAT_BYTES_FAST", 4096)  # chat 7 is larger: read on the streaming path
+    export, streamed, streamed_tally = read_all(path)
+    assert export.streaming
+    assert [(c.id, c.messages) for c in whole] == [(c.id, c.messages) for c in streamed]
+    assert whole_tally == streamed_tally
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_chat_over_the_message_limit_is_refused_on_both_paths(tmp_path: Path, streaming: bool) -> None:
+    from llmclone.dataset.ingest import IngestOptions, ingest
+
+    # a single-chat export is read on the streaming path, a full one on the fast path: the same rule
+    path = write(tmp_path / "result.json", chat(7, dialogue(7, 30)) if streaming else full_export([chat(7, dialogue(7, 30))]))
+    with pytest.raises(UserError, match=r"more than 20 messages.*--max-chat-messages"):
+        ingest([path], tmp_path / "out", IngestOptions(max_chat_messages=20), progress=False, workers=1)
+    ingest([path], tmp_path / "out", IngestOptions(max_chat_messages=30), progress=False, workers=1)

@@ -50,6 +50,7 @@ def ingest(
     eval_fraction: Annotated[float, typer.Option(help="Latest share of your turns held out for evaluation.")] = 0.1,
     redact_file: Annotated[Path | None, typer.Option(help="Extra words to redact, one per line ('re:' for a regex).")] = None,
     drop_redacted: Annotated[bool, typer.Option("--drop-redacted", help="Drop samples containing words from --redact-file.")] = False,
+    max_chat_messages: Annotated[int, typer.Option(help="Refuse a chat with more messages than this (it is held in memory whole).")] = 2_000_000,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing dataset directory.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
@@ -62,7 +63,7 @@ def ingest(
         me=me, groups=groups, chats=chat or [], exclude_chats=exclude_chat or [], since=since, until=until,
         merge_gap=merge_gap, session_gap=session_gap, max_context=max_context, context_unit=context_unit,
         eval_fraction=eval_fraction, redact_file=str(redact_file) if redact_file else None,
-        drop_redacted=drop_redacted,
+        drop_redacted=drop_redacted, max_chat_messages=max_chat_messages,
     )
     stats = run_ingest(exports, out, options, force=force, progress=not quiet and sys.stderr.isatty())
     if as_json:

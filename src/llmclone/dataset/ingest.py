@@ -30,6 +30,7 @@ from llmclone.dataset.samples import SampleMaker
 from llmclone.errors import UserError
 from llmclone.sources.base import GROUP, Chat, Message, Tally
 from llmclone.sources.telegram import (
+    MAX_CHAT_MESSAGES,
     Export,
     NotFastPath,
     RawChat,
@@ -56,6 +57,7 @@ class IngestOptions:
     eval_fraction: float = 0.1
     redact_file: str | None = None
     drop_redacted: bool = False
+    max_chat_messages: int = MAX_CHAT_MESSAGES  # a chat is held whole while its samples are made
 
     def validate(self) -> None:
         if self.merge_gap < 0 or self.session_gap <= 0:
@@ -68,6 +70,8 @@ class IngestOptions:
             raise UserError("--context-unit must be 'tokens' or 'chars'.")
         if not 0 <= self.eval_fraction < 1:
             raise UserError("--eval-fraction must be between 0 and 1 (e.g. 0.1 for the latest 10%).")
+        if self.max_chat_messages < 1:
+            raise UserError("--max-chat-messages must be at least 1.")
         if self.drop_redacted and not self.redact_file:
             raise UserError("--drop-redacted needs --redact-file with the words to look for.")
         self.window()
@@ -218,6 +222,7 @@ def ingest(paths: Sequence[str | Path], out: str | Path, options: IngestOptions 
     exports, seen = [], set()
     for p in paths:
         export = open_export(p)
+        export.max_chat_messages = options.max_chat_messages
         if export.path.resolve() not in seen:
             seen.add(export.path.resolve())
             exports.append(export)
@@ -281,8 +286,8 @@ def _run(exports: list[Export], out: Path, options: IngestOptions, force: bool, 
             )
         cutoff = _cutoff(maker.owner_times, options.eval_fraction)
         split = _route(segments, tmp, maker, cutoff)
-        for path in {p for p, _, _ in segments} | {spill_path}:
-            path.unlink()
+        for path in {p for p, _, _ in segments} | {spill_path} | set(tmp.glob("part-*.spill")):
+            path.unlink()  # every worker's spill, also one that got no batch
         stats = _stats(exports, options, owner, tally, scrubber, counts, split, cutoff)
         write_json(tmp / "stats.json", stats)
     return stats

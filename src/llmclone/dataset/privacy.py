@@ -33,10 +33,12 @@ _PASSWORD = re.compile(
     rf"(?P<label>\b(?:{_SECRET_WORDS})\b\s*(?P<sep>[:=]|is|это|-)\s*)(?P<value>[^\s,;]{{3,}})",
     re.IGNORECASE,
 )
-_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
-_CRED_URL = re.compile(
-    r"\b[a-z][a-z0-9+.-]*://[^\s/@:]+:[^\s/@]+@\S+"  # user:password@host
-    r"|\bhttps?://\S*[?&#](?:token|access_token|api_key|apikey|key|sig|signature|password|pass|auth|"
+# Parts are bounded by RFC 5321's limits (local part 64, label 63) and start only where a run of them
+# starts or after a dot, so a long run without an '@' costs linear time, not quadratic.
+_EMAIL = re.compile(r"(?<![\w+-])\w[\w.+-]{0,63}@[\w-]{1,63}(?:\.[\w-]{1,63}){0,30}\.[A-Za-z]{2,63}\b")
+_CRED_URL = re.compile(  # bounded scheme; a query is searched only up to the next URL: linear time
+    r"\b[a-z][a-z0-9+.-]{0,31}://[^\s/@:]+:[^\s/@]+@\S+"  # user:password@host
+    r"|\bhttps?://(?:(?!https?://)\S)*?[?&#](?:token|access_token|api_key|apikey|key|sig|signature|password|pass|auth|"
     r"secret|session|code)=[^\s&]{6,}\S*",
     re.IGNORECASE,
 )

@@ -10,7 +10,11 @@ Reading is bounded in memory whatever the file size:
   JSON string) and each chat's bytes are decoded on their own by msgspec, straight into structs of the
   keys we read (the rest is skipped unbuilt). Chats the selection skips are never parsed at all;
 - anything the fast path does not recognise (single-chat exports, re-serialised files with other key
-  orders, corrupt files) goes through ijson's event stream, which never holds more than one chat.
+  orders, chats over 64 MB, corrupt files) goes through ijson's event stream, message by message.
+
+Hostile shapes are refused before they are built: nesting deeper than 64 levels, a stretch of 16 MB without
+a string boundary (one huge value, or a sea of whitespace), a zip that expands more than 200-fold, and a
+chat of more than `max_chat_messages` messages (2 million by default, `--max-chat-messages`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 import re
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,6 +70,11 @@ _CHAT_HEADER = re.compile(
     rb'"type"\s*:\s*"(?P<type>[a-z_]+)"\s*,\s*"id"\s*:\s*(?P<id>-?\d+)\s*,\s*"messages"\s*:\s*\['
 )
 _MESSAGES_KEY = re.compile(rb'"messages"\s*:\s*\[')
+_MAX_DEPTH = 64  # Telegram nests about 8 levels deep
+_MAX_GAP = 16 << 20  # bytes without a '"': a message is a few KB, no value of an export comes near this
+_CHAT_BYTES_FAST = 64 << 20  # a larger chat is read on the streaming path, one message at a time
+_MAX_ZIP_RATIO = 200  # exports compress about 10-fold
+MAX_CHAT_MESSAGES = 2_000_000
 _HEADER_MAX = 4096
 _MEDIA_KEYS = frozenset(
     {"photo", "file", "file_name", "media_type", "contact_information", "location_information",
@@ -89,13 +99,18 @@ class RawChat:
     file: str | None = None
     offset: int = 0
     size: int = 0
+    label: str = ""
+    max_messages: int = MAX_CHAT_MESSAGES
 
     def parse(self, tally: Tally) -> Chat:
         raw = self.raw
         if raw is None:  # read here (in a worker): the bytes need not travel between processes
             with open(self.file, "rb") as f:  # type: ignore[arg-type]
                 raw = os.pread(f.fileno(), self.size, self.offset)
-        return Chat(SOURCE, self.id, self.kind, self.name, _parse_messages(raw, self.last, tally))
+        messages = _parse_messages(raw, self.last, tally)
+        if len(messages) > self.max_messages:
+            raise _too_many(self.label, self.name, self.max_messages)
+        return Chat(SOURCE, self.id, self.kind, self.name, messages)
 
 
 @dataclass
@@ -111,13 +126,14 @@ class Export:
     streaming: bool = False  # set when the fast path misread this file
     plain_file: bool = False  # an uncompressed file: chats can be read back by offset
     chat_count: int = 0
+    max_chat_messages: int = MAX_CHAT_MESSAGES
     _opener: Callable[[], IO[bytes]] = field(default=None, repr=False)  # type: ignore[assignment]
 
     @contextmanager
-    def open(self) -> Iterator[IO[bytes]]:
+    def open(self, progress: Callable[[int], None] | None = None) -> Iterator[_Guarded]:
         stream = self._opener()
         try:
-            yield stream
+            yield _Guarded(stream, self.label, progress)
         finally:
             stream.close()
 
@@ -164,7 +180,7 @@ class Export:
     # -- fast path ---------------------------------------------------------------------------------
     def _fast_chats(self, select: Selector, tally: Tally, progress: Callable[[int], None] | None
                     ) -> Iterator[RawChat]:
-        with self.open() as f:
+        with self.open(progress) as f:
             buf = bytearray()
             search_from = 0
             dropped = 0  # bytes of the file before buf[0]
@@ -174,8 +190,6 @@ class Export:
                 block = f.read(_BLOCK)
                 eof = not block
                 buf += block
-                if progress:
-                    progress(len(block))
                 while True:
                     match = _find_header(buf, search_from)
                     if match is None:
@@ -190,6 +204,8 @@ class Export:
                     del buf[: match.start()]
                 if current is None and len(buf) > _FAST_PATH_PREAMBLE_LIMIT:
                     raise NotFastPath("no chat list found near the start of the file")
+                if current is not None and len(buf) > _CHAT_BYTES_FAST:
+                    raise NotFastPath("a chat too large to hold: read message by message")
                 search_from = max(search_from, len(buf) - _HEADER_MARGIN)
             if current is None:
                 raise NotFastPath("no chat objects found")
@@ -199,11 +215,12 @@ class Export:
         """Everything before the first chat: personal_information lives here in a full export."""
         if b'"chats"' not in preamble and b'"left_chats"' not in preamble:
             raise NotFastPath("chat objects outside a chat list")
+        events = ijson.basic_parse(io.BytesIO(preamble))
         try:
-            info = next(ijson.items(io.BytesIO(preamble), "personal_information"), None)
+            for _, info in _walk(events, frozenset({"personal_information"}), frozenset(), self.label):
+                self._set_personal_information(info)
         except ijson.JSONError:
-            info = None  # the preamble ends mid-document by construction; absence is handled later
-        self._set_personal_information(info)
+            pass  # the preamble ends mid-document by construction; absence is handled later
 
     def _fast_chat(self, header: tuple[str, int, str | None], buf: bytearray, end: int, offset: int,
                    select: Selector, tally: Tally, last: bool = False) -> Iterator[RawChat]:
@@ -215,38 +232,40 @@ class Export:
             tally.skipped_chats[verdict[5:]] += 1
             return
         if self.plain_file:
-            yield RawChat(verdict, chat_id, name, None, last, str(self.path), offset, end)
+            yield RawChat(verdict, chat_id, name, None, last, str(self.path), offset, end, self.label,
+                          self.max_chat_messages)
         else:
-            yield RawChat(verdict, chat_id, name, buf[:end], last)
+            yield RawChat(verdict, chat_id, name, buf[:end], last, label=self.label,
+                          max_messages=self.max_chat_messages)
 
     # -- streaming path ----------------------------------------------------------------------------
     def _streamed_chats(self, select: Selector, tally: Tally, progress: Callable[[int], None] | None
                         ) -> Iterator[Chat]:
         self.chat_count = 0
-        with self.open() as raw:
-            stream = _Counting(raw, progress) if progress else raw
-            events = ijson.parse(stream, use_float=True)
+        with self.open(progress) as stream:
+            events = ijson.basic_parse(stream, use_float=True)
             top_keys: set[str] = set()
             single: dict[str, Any] = {}
             single_messages: list[Message] = []
             try:
-                for prefix, event, value in events:
-                    if prefix == "" and event == "map_key":
+                for prefix, value in _walk(events, _BUILT, _ENTERED, self.label):
+                    if prefix == _TOP_KEY:
                         top_keys.add(value)
-                    elif event == "start_map" and prefix == "personal_information":
-                        self._set_personal_information(_build(events, event, value))
-                    elif event == "start_map" and prefix in ("chats.list.item", "left_chats.list.item"):
-                        chat_obj = _build(events, event, value)
-                        chat = self._chat_from_object(chat_obj, select, tally)
+                    elif prefix == "personal_information":
+                        self._set_personal_information(value)
+                    elif value == "start_array" and prefix == "messages":
+                        single_messages = self._messages(events, tally, single.get("name"))
+                    elif value == "start_map" and prefix != "messages":
+                        chat = self._streamed_chat(events, select, tally)
                         if chat is not None:
                             yield chat
-                    elif prefix in ("name", "type", "id") and event in ("string", "number", "null"):
+                    elif prefix in _ENTERED:  # a chat that is not an object, messages that are not a list
+                        _skip(events, self.label)
+                        if prefix != "messages":
+                            self.chat_count += 1
+                            tally.skipped_chats["malformed"] += 1
+                    else:
                         single[prefix] = value
-                    elif prefix == "messages.item" and event == "start_map":
-                        message = _build(events, event, value)
-                        converted = _convert(message, tally)
-                        if converted is not None:
-                            single_messages.append(converted)
             except ijson.IncompleteJSONError:
                 raise UserError(
                     f"{self.label} is truncated (the file ends in the middle); export it again "
@@ -268,31 +287,58 @@ class Export:
                 "'messages'); give the result.json that Telegram Desktop wrote."
             )
 
-    def _chat_from_object(self, obj: dict[str, Any], select: Selector, tally: Tally) -> Chat | None:
+    def _streamed_chat(self, events: Iterator[tuple[str, Any]], select: Selector, tally: Tally) -> Chat | None:
+        """The chat whose start_map was just read: its header keys, then its messages one at a time."""
         self.chat_count += 1
-        try:
-            chat_type, chat_id, name = str(obj.get("type", "")), int(obj["id"]), obj.get("name")
-        except (KeyError, TypeError, ValueError):
+        meta: dict[str, Any] = {}
+        messages: list[Message] | None = None
+        scratch = Tally()  # messages may come before the chat's type: counted once the chat is chosen
+        for event, key in events:
+            if event == "end_map":
+                break
+            event, value = next(events)
+            if key == "messages" and event == "start_array":
+                messages = self._messages(events, scratch, meta.get("name"))
+            elif event in ("start_map", "start_array"):
+                _skip(events, self.label)
+            elif key in ("name", "type", "id"):
+                meta[key] = value
+        chat_id = _chat_id(meta.get("id"))
+        if chat_id is None or not isinstance(meta.get("type", ""), str):
             tally.skipped_chats["malformed"] += 1
             return None
-        verdict = select(chat_type, chat_id, name)
+        verdict = select(str(meta.get("type", "")), chat_id, meta.get("name"))
         if verdict.startswith("skip:"):
             tally.skipped_chats[verdict[5:]] += 1
             return None
-        chat = Chat(SOURCE, chat_id, verdict, name)
-        chat.messages = _convert_all(obj.get("messages") or [], tally)
-        return chat
+        tally.dropped_messages.update(scratch.dropped_messages)
+        return Chat(SOURCE, chat_id, verdict, meta.get("name"), messages or [])
+
+    def _messages(self, events: Iterator[tuple[str, Any]], tally: Tally, chat: Any) -> list[Message]:
+        """A messages array whose start was just read, built and converted one message at a time."""
+        out: list[Message] = []
+        for event, value in events:
+            if event == "end_array":
+                break
+            if event in ("start_map", "start_array"):
+                converted = _convert(_build(events, event, value, self.label), tally)
+                if converted is not None:
+                    out.append(converted)
+                    if len(out) > self.max_chat_messages:
+                        raise _too_many(self.label, chat, self.max_chat_messages)
+            else:
+                tally.dropped_messages["malformed"] += 1
+        return out
 
     def _single_chat(self, meta: dict[str, Any], messages: list[Message], select: Selector, tally: Tally
                      ) -> Chat | None:
         self.chat_count = 1
-        try:
-            chat_type, chat_id = str(meta.get("type", "")), int(meta["id"])
-        except (KeyError, TypeError, ValueError):
+        chat_type, chat_id = str(meta.get("type", "")), _chat_id(meta.get("id"))
+        if chat_id is None:
             raise UserError(
                 f"{self.label} has messages but no chat id or type; give the result.json that "
                 "Telegram Desktop wrote."
-            ) from None
+            )
         verdict = select(chat_type, chat_id, meta.get("name"))
         if verdict.startswith("skip:"):
             tally.skipped_chats[verdict[5:]] += 1
@@ -349,9 +395,18 @@ def _zip_export(path: Path) -> Export:
                 raise UserError(f"{path} holds no result.json; zip the folder Telegram Desktop exported "
                                 "(format 'Machine-readable JSON').")
             inner = min(names, key=lambda n: n.count("/"))
-            size = zf.getinfo(inner).file_size
-    except zipfile.BadZipFile:
+            info = zf.getinfo(inner)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError):
         raise UserError(f"{path} is a damaged zip archive; zip the export folder again.") from None
+    size = info.file_size
+    if info.flag_bits & 0x1:
+        raise UserError(f"{path} is encrypted; unzip it yourself and give the folder or its result.json.")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        raise UserError(f"{path} is compressed with a method Python cannot read (zip method {info.compress_type}, "
+                        "e.g. Deflate64); unzip it yourself and give the folder, or zip it again.")
+    if size > _CHAT_BYTES_FAST and size > _MAX_ZIP_RATIO * max(1, info.compress_size):
+        raise UserError(f"{path} expands {size // max(1, info.compress_size):,}-fold ({info.compress_size:,} bytes "
+                        f"to {size:,}), which no chat export does; unzip it yourself and check what it holds.")
 
     def opener() -> IO[bytes]:
         zf = zipfile.ZipFile(path)
@@ -531,7 +586,7 @@ def _parse_messages(raw: bytes | bytearray, last: bool, tally: Tally) -> list[Me
     if not last and body.endswith(b","):
         try:
             messages = _DECODER.decode(body[:-1]).messages or []
-        except msgspec.DecodeError:  # incl. a message of an unexpected shape: each is judged on its own below
+        except (msgspec.DecodeError, RecursionError):  # incl. a message of an unexpected shape: each is judged on its own below
             pass
         else:
             return _convert_decoded(messages, tally)
@@ -578,11 +633,14 @@ def _parse_chat_bytes(raw: bytes | bytearray, last: bool) -> dict[str, Any]:
     # The last chat of a list is followed by closing brackets and maybe more keys: let a decoder
     # that reports where the object ends find it.
     try:
-        obj, _ = json.JSONDecoder().raw_decode(raw.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise NotFastPath(f"chat bytes do not parse: {err}") from None
+        text = raw.decode("utf-8")
+        obj, end = json.JSONDecoder().raw_decode(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise NotFastPath(f"chat bytes do not parse: {str(err)[:80]}") from None
     if not isinstance(obj, dict):
         raise NotFastPath("chat is not an object")
+    if _MESSAGES_KEY.search(text[end:].encode()):  # a chat whose header the fast path did not recognise
+        raise NotFastPath("a chat header of another shape")
     return obj
 
 
@@ -609,32 +667,128 @@ def _header(match: re.Match[bytes]) -> tuple[str, int, str | None]:
     return match["type"].decode(), int(match["id"]), orjson.loads(name) if name else None
 
 
-def _build(events: Iterator[tuple[str, str, Any]], event: str, value: Any) -> Any:
-    """Build the object that starts at this ijson event, consuming its events."""
+_TOP_KEY = "<top-level key>"
+_BUILT = frozenset({"personal_information", "name", "type", "id"})  # read whole (name, type, id: a single chat's)
+_ENTERED = frozenset({"chats.list.item", "left_chats.list.item", "messages"})  # read piece by piece
+
+
+def _walk(events: Iterator[tuple[str, Any]], built: frozenset[str], entered: frozenset[str], label: str
+          ) -> Iterator[tuple[str, Any]]:
+    """(prefix, value) in ijson's prefix notation for each value at a prefix in `built` (built whole) and
+    each container at one in `entered` (value: its start event; the caller reads its events through its end), and
+    (_TOP_KEY, key) for each top-level key.
+
+    Prefixes are kept here rather than by ijson.parse, which builds one string per level for every event:
+    memory quadratic in the depth (a 200 KB file of brackets took 20 GB).
+    """
+    stack: list[str] = []
+    for event, value in events:
+        if event == "map_key":
+            stack[-1] = value
+            if len(stack) == 1:
+                yield _TOP_KEY, value
+        elif event in ("end_map", "end_array"):
+            stack.pop()
+        else:
+            prefix = ".".join(stack)
+            container = event in ("start_map", "start_array")
+            if container and prefix in entered:
+                yield prefix, event
+            elif prefix in built:
+                yield prefix, _build(events, event, value, label) if container else value
+            elif container:
+                if len(stack) >= _MAX_DEPTH:
+                    raise _too_deep(label)
+                stack.append("item" if event == "start_array" else "")
+
+
+def _build(events: Iterator[tuple[str, Any]], event: str, value: Any, label: str) -> Any:
+    """Build the value that starts at this ijson event, consuming its events."""
     builder = ijson.ObjectBuilder()
     builder.event(event, value)
-    depth = 1
-    for _, ev, val in events:
-        builder.event(ev, val)
-        if ev in ("start_map", "start_array"):
-            depth += 1
-        elif ev in ("end_map", "end_array"):
-            depth -= 1
-            if depth == 0:
-                break
+    if event in ("start_map", "start_array"):
+        for ev, val in _rest(events, label):
+            builder.event(ev, val)
     return builder.value
 
 
-class _Counting:
-    """A read-through stream that reports bytes read, for the progress bar."""
+def _skip(events: Iterator[tuple[str, Any]], label: str) -> None:
+    """Consume the rest of a container whose start was just read, building nothing."""
+    for _ in _rest(events, label):
+        pass
 
-    def __init__(self, inner: IO[bytes], progress: Callable[[int], None]) -> None:
-        self._inner, self._progress = inner, progress
+
+def _rest(events: Iterator[tuple[str, Any]], label: str) -> Iterator[tuple[str, Any]]:
+    """The events of a container whose start was just read, through its end; refused past `_MAX_DEPTH`."""
+    depth = 1
+    for ev, val in events:
+        yield ev, val
+        if ev in ("start_map", "start_array"):
+            depth += 1
+            if depth > _MAX_DEPTH:
+                raise _too_deep(label)
+        elif ev in ("end_map", "end_array"):
+            depth -= 1
+            if depth == 0:
+                return
+
+
+def _too_deep(label: str) -> UserError:
+    return UserError(f"{label} nests values more than {_MAX_DEPTH} levels deep, which no Telegram export does; "
+                     "give the result.json that Telegram Desktop wrote.")
+
+
+def _too_many(label: str, chat: Any, limit: int) -> UserError:
+    return UserError(f"a chat in {label} ({chat or 'unnamed'}) has more than {limit:,} messages; leave it out with "
+                     "--exclude-chat or raise --max-chat-messages.")
+
+
+def _chat_id(value: Any) -> int | None:
+    """A chat id as both reading paths accept it: an integer, or an integer written as a string."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d{1,20}", value):
+        return int(value)
+    return None
+
+
+class _Guarded:
+    """A read-through stream that reports bytes read (for the progress bar), turns a damaged archive into
+    one sentence, and refuses a stretch of `_MAX_GAP` bytes without a string boundary before anything
+    builds it."""
+
+    def __init__(self, inner: IO[bytes], label: str, progress: Callable[[int], None] | None) -> None:
+        self._inner, self._label, self._progress = inner, label, progress
+        self._run = 0  # bytes since the last '"'
 
     def read(self, n: int = -1) -> bytes:
-        data = self._inner.read(n)
-        self._progress(len(data))
+        try:
+            data = self._inner.read(n)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+            raise UserError(f"{self._label} is damaged ({err}); zip the export folder again or give it unzipped.") from None
+        except OSError as err:
+            raise UserError(f"cannot read {self._label} ({err}); check the file and its permissions.") from None
+        if data:
+            first = data.find(b'"')
+            if first == -1:
+                self._run += len(data)
+            else:
+                inner_gap = len(data) > _MAX_GAP and _LONG_GAP.search(data)
+                if self._run + first > _MAX_GAP or inner_gap:
+                    self._refuse()
+                self._run = len(data) - data.rfind(b'"') - 1
+            if self._run > _MAX_GAP:
+                self._refuse()
+        if self._progress:
+            self._progress(len(data))
         return data
+
+    def _refuse(self) -> None:
+        raise UserError(f"{self._label} holds a stretch of more than {_MAX_GAP >> 20} MB with no text boundary (one "
+                        "enormous value or padding), which no Telegram export does; export your chats again.")
+
+
+_LONG_GAP = re.compile(rb'"[^"]{%d}' % _MAX_GAP)
 
 
 def classify_chat(chat_type: str, chat_id: int) -> str:
