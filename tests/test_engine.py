@@ -54,7 +54,9 @@ def test_batched_scoring_equals_one_at_a_time(clone: LLMClone) -> None:
     one = [clone.reply_loss(c, r) for c, r in cases]
     batched = clone.reply_losses(cases, batch=4)
     assert [n for _, n in batched] == [n for _, n in one]
-    assert all(abs(a - b) < 1e-4 * max(1.0, abs(b)) for (a, _), (b, _) in zip(batched, one, strict=True))
+    # A left-padded row of Gemma 3 in transformers 5.25 sums 21.988 nats where alone it sums 21.976 (SDPA and eager
+    # alike): padding moves the sum by up to 6e-4 of itself. A wrong row or mask moves it by whole nats.
+    assert all(abs(a - b) < 2e-3 * max(1.0, abs(b)) for (a, _), (b, _) in zip(batched, one, strict=True))
     base = clone.reply_losses(cases, base=True, batch=3)
     assert any(abs(a - b) > 1e-3 for (a, _), (b, _) in zip(base, one, strict=True))  # the adapter matters
 

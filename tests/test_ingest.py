@@ -231,3 +231,14 @@ def test_force_replaces_a_directory_only_when_it_is_an_earlier_output(tmp_path: 
     with atomic_dir(earlier, force=True, what=what) as tmp:
         write(tmp / mark, {"new": 1})
     assert json.loads((earlier / mark).read_text()) == {"new": 1}
+
+
+def test_the_eval_split_always_leaves_turns_to_train_on(tmp_path: Path) -> None:
+    one = write(tmp_path / "one.json", full_export([chat(7, dialogue(7, 2))]))  # one owner turn: "0 train" before
+    assert run(one, tmp_path / "a", eval_fraction=0.9)["samples"] == {"train": 1, "eval": 0, "dropped_redacted": 0}
+    two = write(tmp_path / "two.json", full_export([chat(7, dialogue(7, 4, step=3600))]))
+    assert run(two, tmp_path / "b", eval_fraction=0.9)["samples"] == {"train": 1, "eval": 1, "dropped_redacted": 0}
+    same_time = write(tmp_path / "tie.json", full_export([chat(7, dialogue(7, 4, step=0))]))  # no later turn to hold out
+    with pytest.raises(UserError, match="leaving none to train on"):
+        run(same_time, tmp_path / "c", eval_fraction=0.5)
+    assert not (tmp_path / "c").exists()

@@ -236,6 +236,10 @@ def test_example_export_is_rich() -> None:
         (b"hello, world", "is not JSON"),
         (b'{"chats": {"list": [{"name": "a", "type": "personal_chat", "id": 1, "messages": [{"id": 1,', "truncated"),
         (b'{"some": "json", "but": ["not", "telegram"]}', "not a Telegram Desktop export"),
+        (b'{"chats": {"list": [{"name": "caf\xe9", "type": "personal_chat", "id": 1, "messages": []}]}}', "not UTF-8"),
+        (b'{"chats": {"list": [{"name": "a", "type": "personal_chat", "id": 1, "messages": [{"text": "\xff"}]}]}}',
+         "not UTF-8"),
+        (b'[{"id": 1, "type": "message", "text": "hi"}]', "is a JSON list"),
     ],
 )
 def test_bad_files_say_what_is_wrong(tmp_path: Path, content: bytes, fragment: str) -> None:

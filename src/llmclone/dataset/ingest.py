@@ -286,6 +286,12 @@ def _run(exports: list[Export], out: Path, options: IngestOptions, force: bool, 
             )
         cutoff = _cutoff(maker.owner_times, options.eval_fraction)
         split = _route(segments, tmp, maker, cutoff)
+        if split["train"]["samples"] == 0:
+            raise UserError(
+                f"all {split['eval']['samples']} samples fell in the eval split (your latest "
+                f"{options.eval_fraction:.0%} of turns), leaving none to train on; lower --eval-fraction "
+                "(0 keeps every sample for training) or add more chats."
+            )
         for path in {p for p, _, _ in segments} | {spill_path} | set(tmp.glob("part-*.spill")):
             path.unlink()  # every worker's spill, also one that got no batch
         stats = _stats(exports, options, owner, tally, scrubber, counts, split, cutoff)
@@ -387,8 +393,10 @@ def _cutoff(times: array, fraction: float) -> int | None:
     """The time from which owner turns go to eval: the latest `fraction` of them, by date."""
     if fraction <= 0 or not times:
         return None
+    if len(times) < 2:
+        return None  # a single turn is for training: an eval split of it would leave nothing to learn from
     ordered = sorted(times)
-    index = min(len(ordered) - 1, int(len(ordered) * (1 - fraction)))
+    index = max(1, min(len(ordered) - 1, int(len(ordered) * (1 - fraction))))  # at least one turn trains
     return ordered[index]
 
 

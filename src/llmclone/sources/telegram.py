@@ -169,6 +169,11 @@ class Export:
                 f"{self.label} is an HTML export; export again in Telegram Desktop with the format "
                 "'Machine-readable JSON'."
             )
+        if start == b"[":
+            raise UserError(
+                f"{self.label} is a JSON list, not a Telegram Desktop export (one object holding 'chats', or a "
+                "chat's 'messages'); export again from Telegram Desktop as 'Machine-readable JSON'."
+            )
         if start != b"{":
             raise UserError(
                 f"{self.label} is not JSON; give the result.json of a Telegram Desktop export "
@@ -266,11 +271,8 @@ class Export:
                             tally.skipped_chats["malformed"] += 1
                     else:
                         single[prefix] = value
-            except ijson.IncompleteJSONError:
-                raise UserError(
-                    f"{self.label} is truncated (the file ends in the middle); export it again "
-                    "or copy the whole file."
-                ) from None
+            except ijson.IncompleteJSONError as err:
+                raise _incomplete(self.label, err) from None
             except ijson.JSONError as err:
                 raise UserError(
                     f"{self.label} is not valid JSON ({str(err).splitlines()[0][:80]}); give the "
@@ -664,7 +666,10 @@ def _find_header(buf: bytearray, start: int) -> re.Match[bytes] | None:
 
 def _header(match: re.Match[bytes]) -> tuple[str, int, str | None]:
     name = match["name"]
-    return match["type"].decode(), int(match["id"]), orjson.loads(name) if name else None
+    try:
+        return match["type"].decode(), int(match["id"]), orjson.loads(name) if name else None
+    except orjson.JSONDecodeError:  # not UTF-8: the streaming path says so
+        raise NotFastPath("a chat name that does not decode") from None
 
 
 _TOP_KEY = "<top-level key>"
@@ -731,6 +736,19 @@ def _rest(events: Iterator[tuple[str, Any]], label: str) -> Iterator[tuple[str, 
             depth -= 1
             if depth == 0:
                 return
+
+
+def _incomplete(label: str, err: Exception) -> UserError:
+    """ijson reports bad bytes, bad syntax and a cut-off file with one exception type."""
+    text = str(err)
+    if "UTF8" in text:
+        return UserError(f"{label} is not UTF-8 text (it holds bytes that are not); export it again from "
+                         "Telegram Desktop, or convert it to UTF-8.")
+    if "premature EOF" in text or not text.strip():
+        return UserError(f"{label} is truncated (the file ends in the middle); export it again or copy the "
+                         "whole file.")
+    return UserError(f"{label} is not valid JSON ({text.splitlines()[0][:80]}); give the result.json of a "
+                     "Telegram Desktop export.")
 
 
 def _too_deep(label: str) -> UserError:
