@@ -123,3 +123,35 @@ def test_reply_refuses_text_that_is_not_utf8(tmp_path: Path) -> None:
     piped = subprocess.run([sys.executable, "-m", "llmclone", "reply", str(tmp_path)], input=b"caf\xe9",
                            capture_output=True, timeout=300)
     assert piped.returncode == 2 and b"not valid UTF-8" in piped.stderr and b"Traceback" not in piped.stderr
+
+
+def test_sigterm_on_ingest_stops_workers_and_leaves_nothing(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    from conftest import dialogue
+
+    chats = [chat(i, dialogue(i, 400, peer=i)) for i in range(1000, 1300)]  # ~20 MB: the parallel path
+    export = write(tmp_path / "big" / "result.json", full_export(chats))
+    proc = subprocess.Popen([sys.executable, "-m", "llmclone", "ingest", str(export), "--out", str(tmp_path / "ds"),
+                             "--quiet"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".ds.*.tmp/part-*.spill")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the workers have started writing
+    assert proc.poll() is None, "ingest ended before it could be stopped"
+    children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert children  # the worker processes
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    time.sleep(0.5)
+    alive = []
+    for pid in children:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    assert not alive
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]

@@ -256,15 +256,23 @@ def test_mixing_general_data(tiny_model: Path, example_dataset: Path, tmp_path: 
     assert mixed[-1][0]["content"].startswith("q")
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "wrong shape"])
-def test_bad_datasets(tiny_model: Path, tmp_path: Path, case: str) -> None:
+@pytest.mark.parametrize("case", ["missing", "empty", "wrong shape", "bad past line 50", "not utf-8"])
+def test_bad_datasets(tiny_model: Path, example_dataset: Path, tmp_path: Path, case: str) -> None:
+    import shutil
+
     data = tmp_path / "data"
-    if case != "missing":
+    if case in ("bad past line 50", "not utf-8"):  # a real dataset, broken far in: checked before any work starts
+        shutil.copytree(example_dataset, data)
+        lines = (data / "train.jsonl").read_bytes().splitlines(keepends=True)
+        lines[60] = b'{"text": "hello"}\n' if case == "bad past line 50" else b'{"messages": "caf\xe9"}\n'
+        (data / "train.jsonl").write_bytes(b"".join(lines))
+    elif case != "missing":
         data.mkdir()
         (data / "train.jsonl").write_text("" if case == "empty" else '{"text": "hello"}\n')
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="not UTF-8" if case == "not utf-8" else ""):
         train(data, tmp_path / "clone", tiny_config(tiny_model))
     assert not (tmp_path / "clone").exists()
+    assert not (tmp_path / ".clone.partial").exists()
 
 
 def test_bad_models(example_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -287,6 +295,9 @@ def test_bad_models(example_dataset: Path, tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(UserError, match="not a readable GGUF"):
         train(example_dataset, tmp_path / "c", TrainConfig(model=str(garbage)))
     assert not (tmp_path / "c").exists()
+    with pytest.raises(UserError):
+        train(example_dataset, tmp_path / "c", TrainConfig(model=str(tmp_path / "no-such-dir")))
+    assert not (tmp_path / "c").exists() and not (tmp_path / ".c.partial").exists()
 
 
 def test_out_of_memory_names_the_setting_to_lower(tiny_model: Path, example_dataset: Path, tmp_path: Path,

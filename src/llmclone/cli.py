@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -345,6 +346,8 @@ def settings_toml(settings: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user mistakes become one sentence on stderr and exit code 2."""
+    # SIGTERM stops a run as Ctrl-C does: temp files removed, workers shut down, training checkpointed
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         app(args=argv, prog_name="llmclone")
     except UserError as err:

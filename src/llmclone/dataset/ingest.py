@@ -11,6 +11,7 @@ import hashlib
 import multiprocessing
 import os
 import re
+import signal
 import sqlite3
 from array import array
 from collections import Counter, deque
@@ -365,6 +366,8 @@ def _batches(items: Iterator[Any]) -> Iterator[list[RawChat]]:
 
 
 def _init_worker(options: IngestOptions, scrubber: Scrubber, owner_id: str, tmp: Path) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent cleans up; a worker just stops
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent handles it
     path = tmp / f"part-{os.getpid()}.spill"
     _worker_state.update(options=options, scrubber=scrubber, owner=owner_id, path=path, spill=open(path, "ab"))
 

@@ -33,8 +33,13 @@ def check_dataset(dataset_dir: Path) -> dict[str, Any]:
 def read_samples(path: Path, limit: int | None = None) -> list[list[dict[str, str]]]:
     """The `messages` of each line, checked: roles user/assistant, text content, ending with the owner."""
     samples: list[list[dict[str, str]]] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{n} is not UTF-8 text; create the dataset with llmclone ingest, or save the "
+                                "file as UTF-8.") from None
             if not line.strip():
                 continue
             try:

@@ -59,19 +59,31 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
         if saved != config_key:
             raise UserError(f"the checkpoint in {work} was made with other settings or data; use the same "
                             "settings, or start again without --resume.")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    with private_umask():
-        work.mkdir(parents=True, exist_ok=True)
-    work.chmod(PRIVATE_DIR)
-    write_json(work / "run.json", {"config_key": config_key, "config": config.model_dump()})
-
+    # every input is checked and the model resolved before the work directory exists: a mistake leaves nothing
     base = resolve(config.model)
     session = _Session(base, config, work, quiet)
     train_samples, eval_samples = training_samples(dataset_dir, config)
     own = read_samples(dataset_dir / "train.jsonl") if config.mix_data else train_samples  # not mixed-in data
     persona = persona_for(config.persona, session.chat_format, stats.get("owner", {}), own)
     session.chat_format = dataclasses.replace(session.chat_format, persona=persona)
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    with private_umask():
+        work.mkdir(parents=True, exist_ok=True)
+    work.chmod(PRIVATE_DIR)
+    write_json(work / "run.json", {"config_key": config_key, "config": config.model_dump()})
+    try:
+        return _run(session, work, dataset_dir, out, config, stats, base, train_samples, eval_samples, resume, quiet)
+    except (Interrupted, KeyboardInterrupt):
+        raise  # the checkpoint stays for --resume
+    except BaseException:
+        if not resume and not _latest_checkpoint(work):
+            shutil.rmtree(work, ignore_errors=True)  # nothing to resume: leave nothing behind
+        raise
+
+
+def _run(session: _Session, work: Path, dataset_dir: Path, out: Path, config: TrainConfig, stats: dict[str, Any],
+         base: BaseModel, train_samples: list, eval_samples: list, resume: bool, quiet: bool) -> dict[str, Any]:
     trainer = session.trainer(train_samples, eval_samples)
     started = time.time()
     with _CtrlC(session):
