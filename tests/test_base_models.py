@@ -57,3 +57,20 @@ def test_embedded_model_converted_once_and_cached(embedded_home: Path) -> None:
     start = time.perf_counter()
     again = resolve("embedded")
     assert again == base and time.perf_counter() - start < 5
+
+
+def test_a_local_base_model_makes_no_network_call(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as constants
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # as a fresh process has it: online
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", False)
+    resolve(str(tiny_model))
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    assert constants.HF_HUB_OFFLINE and constants.HF_HUB_DISABLE_TELEMETRY
+    import huggingface_hub
+
+    assert huggingface_hub.is_offline_mode()  # what transformers and the hub library ask before any request

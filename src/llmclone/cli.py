@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -348,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: user mistakes become one sentence on stderr and exit code 2."""
     # SIGTERM stops a run as Ctrl-C does: temp files removed, workers shut down, training checkpointed
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # a privacy tool reports nothing anywhere
     try:
         app(args=argv, prog_name="llmclone")
     except UserError as err:

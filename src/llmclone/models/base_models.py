@@ -52,9 +52,11 @@ def home() -> Path:
 def resolve(spec: str | None) -> BaseModel:
     """Turn `--model` into a loadable BaseModel, converting (once) what needs converting."""
     spec = spec or EMBEDDED
+    path = Path(spec).expanduser()
+    if spec == EMBEDDED or path.exists():
+        stay_offline()
     if spec == EMBEDDED:
         return _embedded()
-    path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UserError(f"{path} does not exist; give the path to a .gguf file.")
@@ -69,6 +71,19 @@ def resolve(spec: str | None) -> BaseModel:
         return _hub(spec)
     raise UserError(f"model {spec!r} not found; give 'embedded', a local checkpoint directory, a .gguf file, "
                     "or a Hugging Face hub id like mistralai/Mistral-7B-v0.1.")
+
+
+def stay_offline() -> None:
+    """A local base model needs no network: Hugging Face's libraries make no call (no update check, no
+    telemetry) for the rest of this process."""
+    import sys
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+        os.environ[name] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:  # already imported: it read the environment then
+        constants.HF_HUB_OFFLINE = True
+        constants.HF_HUB_DISABLE_TELEMETRY = True
 
 
 def base_of_clone(manifest: dict[str, Any]) -> BaseModel:
