@@ -406,3 +406,37 @@ def test_telegram_commands_bad_input(tiny_clone: Path, tmp_path: Path, monkeypat
     assert no_session.returncode == 2 and "llmclone telegram login" in no_session.stderr
     bad_id = llmclone("userbot", str(tiny_clone), TG_API_ID="abc", TG_API_HASH="abc")
     assert bad_id.returncode == 2 and "TG_API_ID" in bad_id.stderr
+
+
+@pytest.mark.parametrize("failure", ["401", "500 then up", "always 502 html"])
+def test_start_up_retries_outages_and_names_a_rejected_token(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture, failure: str) -> None:
+    from llmclone.errors import UserError
+
+    monkeypatch.setattr(bot, "START_BACKOFF", 0.01)
+    clone = StubClone(lambda h: ["ok"])
+
+    async def body(api: FakeBotAPI) -> None:
+        if failure == "401":
+            api.failures.append({"method": "getMe", "status": 401, "description": "Unauthorized"})
+        elif failure == "500 then up":
+            api.failures.append({"method": "getMe", "status": 500, "count": 2})
+        else:
+            api.failures.append({"method": "deleteWebhook", "status": 502, "html": True, "count": 100})
+        h = Harness(api, clone, fast_config(), tmp_path / "s.sqlite")
+        h.start()
+        if failure == "500 then up":
+            await until(lambda: api.calls.count("getUpdates") > 0, timeout=20)  # polling after two 500s
+            assert api.calls[:6] == ["deleteWebhook", "getMe"] * 3  # two 500s, then up
+            await h.stop()
+            return
+        with pytest.raises(UserError) as caught:
+            await asyncio.wait_for(h.task, 20)  # type: ignore[arg-type]
+        message = str(caught.value)
+        assert ("rejected the bot token" in message) if failure == "401" else ("cannot reach" in message)
+        assert TOKEN.split(":")[1] not in message
+        if failure != "401":
+            assert api.calls.count("deleteWebhook") == bot.START_ATTEMPTS
+
+    scenario(body, monkeypatch)
+    assert TOKEN.split(":")[1] not in caplog.text

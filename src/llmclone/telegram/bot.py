@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+from llmclone.errors import UserError
 from llmclone.telegram.config import TelegramConfig, install_log_redaction, secret
 from llmclone.telegram.engine import Engine, Incoming
 from llmclone.telegram.media import aiogram_text
@@ -165,6 +166,37 @@ async def _fetch_connection(engine: Engine, conn_id: str | None, store: Store) -
     return info
 
 
+START_ATTEMPTS = 6
+START_BACKOFF = 1.0  # seconds before the second try, doubling: 1 + 2 + 4 + 8 + 16 s in all
+
+
+async def connect(bot: Any, gateway: BotGateway) -> Any:
+    """Remove any webhook (polling needs none; what is waiting is kept) and ask who we are, retrying network
+    errors and 5xx with backoff. A rejected token, or an API that stays unreachable, is a UserError."""
+    from aiogram.exceptions import TelegramUnauthorizedError
+
+    delay, attempt = START_BACKOFF, 0
+    while True:
+        attempt += 1
+        try:
+            await bot.delete_webhook(drop_pending_updates=False)
+            return await bot.get_me()
+        except TelegramUnauthorizedError:
+            raise UserError("Telegram rejected the bot token (401 Unauthorized); copy it again from @BotFather "
+                            "into TELEGRAM_BOT_TOKEN.") from None
+        except Exception as err:
+            verdict = gateway.classify(err)
+            if verdict is None:
+                raise
+            if attempt == START_ATTEMPTS:  # the error's text may hold the URL, and with it the token: name its type
+                raise UserError(f"cannot reach the Telegram Bot API ({type(err).__name__} on each of {START_ATTEMPTS} "
+                                "tries); check the network connection and try again.") from None
+            wait = max(delay, verdict[1])
+            log.warning("the Bot API did not answer (%s); trying again in %.0f s", type(err).__name__, wait)
+            await asyncio.sleep(wait)
+            delay *= 2
+
+
 async def run(clone: Any, config: TelegramConfig, state: str, mode: str, stop: asyncio.Event | None = None,
               polling_timeout: int = 10) -> Engine:
     """Poll Telegram and answer until stopped (Ctrl-C, or `stop` set). Returns the engine (for tests)."""
@@ -175,8 +207,7 @@ async def run(clone: Any, config: TelegramConfig, state: str, mode: str, stop: a
     engine = Engine(clone, store, config, BotGateway(bot), mode, clock=time.time)
     dp = build_dispatcher(engine, store, config, mode)
     try:
-        await bot.delete_webhook(drop_pending_updates=False)  # polling needs no webhook; keep what is waiting
-        me = await bot.get_me()
+        me = await connect(bot, engine.gateway)  # type: ignore[arg-type]
         log.info("running as @%s (%s mode)", me.username, mode)
         engine.recover()
         polling = asyncio.create_task(dp.start_polling(bot, polling_timeout=polling_timeout, handle_signals=stop is None,
