@@ -394,10 +394,8 @@ def _work(batch: list[RawChat]) -> tuple[Path, int, SampleMaker] | None:
 
 def _cutoff(times: array, fraction: float) -> int | None:
     """The time from which owner turns go to eval: the latest `fraction` of them, by date."""
-    if fraction <= 0 or not times:
+    if fraction <= 0 or len(times) < 2:  # a single turn is for training: holding it out leaves nothing
         return None
-    if len(times) < 2:
-        return None  # a single turn is for training: an eval split of it would leave nothing to learn from
     ordered = sorted(times)
     index = max(1, min(len(ordered) - 1, int(len(ordered) * (1 - fraction))))  # at least one turn trains
     return ordered[index]

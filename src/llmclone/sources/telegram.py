@@ -222,8 +222,9 @@ class Export:
             raise NotFastPath("chat objects outside a chat list")
         events = ijson.basic_parse(io.BytesIO(preamble))
         try:
-            for _, info in _walk(events, frozenset({"personal_information"}), frozenset(), self.label):
-                self._set_personal_information(info)
+            for prefix, info in _walk(events, frozenset({"personal_information"}), frozenset(), self.label):
+                if prefix == "personal_information":  # not a top-level key
+                    self._set_personal_information(info)
         except ijson.JSONError:
             pass  # the preamble ends mid-document by construction; absence is handled later
 
