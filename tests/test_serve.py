@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -60,7 +63,7 @@ BODY = {"model": "llmclone-test", "messages": [{"role": "user", "content": "пр
 
 
 def test_health_models_and_completion(open_url: str) -> None:
-    assert httpx.get(f"{open_url}/health").json() == {"status": "ok", "model": "llmclone-test"}
+    assert httpx.get(f"{open_url}/health").json() == {"status": "ok", "model": "llmclone-test", "pending": 0}
     models = httpx.get(f"{open_url}/v1/models").json()
     assert models["data"][0]["id"] == "llmclone-test"
     r = httpx.post(f"{open_url}/v1/chat/completions", json=BODY, timeout=60)
@@ -235,3 +238,180 @@ def test_official_openai_client(open_url: str, locked_url: str) -> None:
     assert locked.chat.completions.create(model="x", messages=BODY["messages"], max_tokens=4).choices
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="x", messages=[], max_tokens=4)
+
+
+class _Recording:
+    """The clone, with each reply it gives kept by the first words of its request (to see where one stopped)."""
+
+    def __init__(self, clone: LLMClone) -> None:
+        self.clone, self.done = clone, {}
+
+    def replies(self, histories: list, **kwargs: object) -> list:
+        out = self.clone.replies(histories, **kwargs)
+        for history, reply in zip(histories, out, strict=True):
+            self.done[history[-1]["content"]] = reply
+        return out
+
+
+def test_a_client_that_goes_away_stops_its_generation(clone: LLMClone) -> None:
+    """Plain and streaming: the abandoned request's generation stops early, well short of the reply it gives
+    when its client waits, while the others in its batch are answered."""
+    greedy = {"max_new_tokens": 512, "temperature": 0}
+    alone = {text: clone.replies([[{"role": "user", "content": text}]], samplings=[greedy])[0].completion_tokens
+             for text in ("plain leaver", "stream leaver")}
+    assert min(alone.values()) > 300  # long enough to see it cut short
+    spy = _Recording(clone)
+    server = _server(create_app(spy, model_id="llmclone-test"))
+    url = next(server)
+    try:
+        def ask(text: str) -> int:
+            body = {"messages": [{"role": "user", "content": text}], "max_tokens": 512, "temperature": 0}
+            return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).status_code
+
+        def leave_plain() -> None:
+            body = {"messages": [{"role": "user", "content": "plain leaver"}], "max_tokens": 512, "temperature": 0}
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{url}/v1/chat/completions", json=body, timeout=httpx.Timeout(120, read=0.3))
+
+        def leave_stream() -> None:
+            body = {"messages": [{"role": "user", "content": "stream leaver"}], "max_tokens": 512, "temperature": 0,
+                    "stream": True}
+            with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as r:
+                next(r.iter_lines())  # the role chunk: generation has started; then hang up
+
+        with ThreadPoolExecutor(8) as pool:
+            stayed = [pool.submit(ask, f"stayer {i}") for i in range(6)]
+            left = [pool.submit(leave_plain), pool.submit(leave_stream)]
+            assert [f.result() for f in stayed] == [200] * 6
+            [f.result() for f in left]
+        deadline = time.time() + 30
+        while httpx.get(f"{url}/health").json()["pending"] and time.time() < deadline:
+            time.sleep(0.1)
+        assert all(f"stayer {i}" in spy.done for i in range(6))
+        for text, tokens in alone.items():  # not there: it went before its batch started
+            served = spy.done[text].completion_tokens if text in spy.done else 0
+            assert served < tokens - 100, (text, served, tokens)
+    finally:
+        next(server, None)
+
+
+def _serve_process(clone_dir: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "llmclone", "serve", str(clone_dir), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"llmclone serve did not start: {proc.communicate()[0]}")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_sigterm_during_long_requests_exits_at_once(clone: LLMClone) -> None:
+    """SIGTERM while a batch is decoding and more wait: the batch stops at its next token, every request gets
+    503 (an error event when streaming, which the openai client raises), and the process exits."""
+    import openai
+
+    proc, url = _serve_process(clone.clone_dir)
+    try:
+        started = threading.Event()
+
+        def streamed(i: int) -> str:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+            stream = client.chat.completions.create(model="x", messages=[{"role": "user", "content": f"q{i}"}],
+                                                    max_tokens=512, stream=True)
+            try:
+                for _ in stream:
+                    started.set()
+            except openai.APIError as err:
+                return str(err.code) if err.code else str(err)
+            return "finished"
+
+        def plain(i: int) -> int:
+            body = {"messages": [{"role": "user", "content": f"p{i}"}], "max_tokens": 512}
+            r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+            assert r.status_code != 503 or r.json()["error"]["code"] == "server_shutting_down"
+            return r.status_code
+
+        with ThreadPoolExecutor(24) as pool:
+            streams = [pool.submit(streamed, i) for i in range(12)]
+            plains = [pool.submit(plain, i) for i in range(12)]  # 24 requests: a batch of 16 and 8 waiting
+            assert started.wait(60)
+            deadline = time.time() + 30
+            while httpx.get(f"{url}/health").json()["pending"] < 24 and time.time() < deadline:
+                time.sleep(0.05)  # every request reached the server
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)  # a 24-request queue at 512 tokens each would take far longer to drain
+            outcomes = [f.result(timeout=10) for f in streams] + [f.result(timeout=10) for f in plains]
+        assert set(outcomes) <= {"server_shutting_down", 503}, outcomes
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_soak_mixed_requests(clone: LLMClone) -> None:
+    """200 mixed requests (plain, streaming, over-long histories, clients that hang up, bad and oversized
+    bodies) from 8 clients at once: every request that waits for its answer gets a 200 or a 4xx, the server
+    keeps answering, and its memory stays where it was once warm."""
+    proc, url = _serve_process(clone.clone_dir)
+    long_history = [{"role": "user" if i % 2 == 0 else "assistant", "content": "очень длинное сообщение " * 8}
+                    for i in range(1999)] + [{"role": "user", "content": "ну что?"}]
+
+    def one(i: int) -> str:
+        kind = i % 10
+        body: dict = {"messages": [{"role": "user", "content": f"вопрос {i}"}], "max_tokens": 8 + i % 24,
+                      "temperature": (i % 7) / 5}
+        post = f"{url}/v1/chat/completions"
+        if kind == 4:
+            with httpx.stream("POST", post, json=body | {"stream": True}, timeout=120) as r:
+                lines = [line for line in r.iter_lines() if line]
+            return "200" if r.status_code == 200 and lines[-1] == "data: [DONE]" else f"bad stream {lines[-1:]}"
+        if kind == 5:
+            body["messages"] = long_history
+        if kind == 6:
+            try:
+                httpx.post(post, json=body | {"max_tokens": 512}, timeout=httpx.Timeout(120, read=0.05))
+            except httpx.ReadTimeout:
+                return "left"
+            return "left"
+        if kind == 7:
+            with httpx.stream("POST", post, json=body | {"stream": True, "max_tokens": 512}, timeout=120) as r:
+                next(r.iter_lines())
+            return "left"
+        if kind == 8:
+            body["temperature"] = 9
+        if kind == 9:
+            body["messages"] = [{"role": "user", "content": "x" * (5 * 2**20)}]
+        r = httpx.post(post, json=body, timeout=120)
+        if r.status_code >= 400:
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        return str(r.status_code)
+
+    try:
+        rss = []
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = []
+            for start in range(0, 200, 50):
+                outcomes += pool.map(one, range(start, start + 50))
+                rss.append(_rss_mb(proc.pid))
+        assert len(outcomes) == 200
+        assert {o for o in outcomes} <= {"200", "400", "413", "left"}, [o for o in outcomes if not o.isalnum()]
+        assert outcomes.count("200") == 120 and outcomes.count("400") == 20 and outcomes.count("413") == 20
+        assert httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=60).status_code == 200
+        assert max(rss[1:]) < rss[0] + 150, rss  # MB: nothing kept per request
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -6,6 +6,8 @@
 - Requests are queued onto the one model and decoded together in batches (serving/batcher.py), each with its
   own sampling settings; generation runs off the event loop; a client that disconnects stops its generation.
 - Errors use OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
+- SIGTERM or Ctrl-C stops at once: the batch being decoded stops at its next token, its requests and those
+  still waiting get 503 (an error event when streaming), and the process exits.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmclone.serving.batcher import Batcher, Job
+from llmclone.serving.batcher import Batcher, Job, Stopping
 
 MAX_BODY_BYTES = 4 * 2**20  # a long chat is far less; more is a mistake or an attack (`serve --max-body-mb`)
 MAX_MESSAGES = 2000  # only the latest fit the context anyway
@@ -80,9 +83,41 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", code:
                                                                "code": code}})
 
 
+def _stopping_error() -> dict[str, Any]:
+    return {"message": "The server is shutting down; send the request again when it is back.",
+            "type": "server_error", "param": None, "code": "server_shutting_down"}
+
+
 def _authorized(request: Request, api_key: str) -> bool:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
+class _Gate:
+    """The key and the body size, checked before a request reaches FastAPI. Plain ASGI: Starlette's
+    BaseHTTPMiddleware would hide a client's disconnect from the endpoint, and its generation would run on."""
+
+    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int) -> None:
+        self.app, self.api_key, self.max_body_bytes = app, api_key, max_body_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (refusal := self._refusal(Request(scope))) is not None:
+            await refusal(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _refusal(self, request: Request) -> JSONResponse | None:
+        if self.api_key and request.url.path != "/health" and not _authorized(request, self.api_key):
+            return _error(401, "Invalid or missing API key (Authorization: Bearer ...).", "authentication_error",
+                          "invalid_api_key")
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None:
+                return _error(411, "Send the request body with a Content-Length header.")
+            if not length.isdigit() or int(length) > self.max_body_bytes:
+                return _error(413, f"The request body is over {self.max_body_bytes // 2**20} MB; send fewer or "
+                              "shorter messages (serve --max-body-mb raises the limit).", code="request_too_large")
+        return None
 
 
 def create_app(clone: Any, model_id: str = "clone", api_key: str | None = None, max_batch: int = 16,
@@ -93,19 +128,7 @@ def create_app(clone: Any, model_id: str = "clone", api_key: str | None = None, 
     app.router.add_event_handler("shutdown", batcher.close)
     created = int(time.time())
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next: Any) -> Any:
-        if api_key and request.url.path != "/health" and not _authorized(request, api_key):
-            return _error(401, "Invalid or missing API key (Authorization: Bearer ...).", "authentication_error",
-                          "invalid_api_key")
-        if request.method == "POST":
-            length = request.headers.get("content-length")
-            if length is None:
-                return _error(411, "Send the request body with a Content-Length header.")
-            if not length.isdigit() or int(length) > max_body_bytes:
-                return _error(413, f"The request body is over {max_body_bytes // 2**20} MB; send fewer or shorter "
-                              "messages (serve --max-body-mb raises the limit).", code="request_too_large")
-        return await call_next(request)
+    app.add_middleware(_Gate, api_key=api_key, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -118,8 +141,8 @@ def create_app(clone: Any, model_id: str = "clone", api_key: str | None = None, 
         return _error(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "model": model_id}
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": model_id, "pending": batcher.pending}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -150,6 +173,8 @@ def create_app(clone: Any, model_id: str = "clone", api_key: str | None = None, 
         watcher = asyncio.create_task(_watch_disconnect(request, gone))
         try:
             reply = await asyncio.wrap_future(batcher.submit(job))
+        except Stopping:
+            return JSONResponse(status_code=503, content={"error": _stopping_error()})
         finally:
             watcher.cancel()
         return {
@@ -197,18 +222,33 @@ async def _stream(batcher: Batcher, history: list[dict[str, str]], sampling: dic
         yield chunk({"role": "assistant", "content": ""})
         while (item := await queue.get()) is not None:
             yield item
-        reply = await asyncio.wrap_future(future)
+        try:
+            reply = await asyncio.wrap_future(future)
+        except Stopping:  # OpenAI's clients raise an APIError on an event that holds "error"
+            yield "data: " + json.dumps({"error": _stopping_error()}) + "\n\n"
+            return
         yield chunk({}, reply.finish_reason)
         yield "data: [DONE]\n\n"
     finally:
         gone.set()  # the client went away (or we are done): stop generating for it
 
 
+class _Server(uvicorn.Server):
+    """uvicorn waits for open requests before it exits: a long generation would hold SIGTERM for its whole reply.
+    The batcher is stopped first, so they end at the next token."""
+
+    def __init__(self, config: uvicorn.Config, batcher: Batcher) -> None:
+        super().__init__(config)
+        self.batcher = batcher
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.batcher.stop()
+        super().handle_exit(sig, frame)
+
+
 def serve(clone_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           engine: str = "torch", vocabulary: str = "shortlist", device: str = "auto", load: str = "auto",
           max_body_bytes: int = MAX_BODY_BYTES) -> None:
-    import uvicorn
-
     from llmclone.clone import LLMClone
 
     clone = LLMClone.load(clone_dir, engine=engine, vocabulary=vocabulary, device=device, load=load)
@@ -218,4 +258,4 @@ def serve(clone_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: st
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can talk to your clone.")
     app = create_app(clone, model_id=name, api_key=api_key, max_body_bytes=max_body_bytes)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    _Server(uvicorn.Config(app, host=host, port=port, log_level="warning"), app.state.batcher).run()
