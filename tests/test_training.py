@@ -81,13 +81,21 @@ def test_packed_samples_do_not_attend_to_each_other(tiny_model: Path) -> None:
 
 def test_loss_falls_and_clone_directory_is_complete(tiny_model: Path, example_dataset: Path, tmp_path: Path) -> None:
     config = tiny_config(tiny_model, max_steps=30, eval_steps=10, learning_rate=3e-2, lora_r=16,
-                         target_modules="all-linear", lr_scheduler="constant")
+                         target_modules="all-linear", lr_scheduler="constant", periodic_eval_samples=3)
     manifest = train(example_dataset, tmp_path / "clone", config, quiet=True)
     rows = [json.loads(line) for line in (tmp_path / "clone" / "metrics.jsonl").read_text().splitlines()]
     train_losses = [r["loss"] for r in rows if "loss" in r]
-    eval_losses = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    evals = [r for r in rows if "eval_loss" in r]
     assert min(train_losses[-5:]) < train_losses[0] - 0.3
-    assert eval_losses[-1] < eval_losses[0]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+    # during training on 3 held-out samples, and none at the last step: the final evaluation, once, on all 8
+    held_out = min(8, len((example_dataset / "eval.jsonl").read_text().splitlines()))
+    assert held_out > 3
+    assert [r["step"] for r in evals] == [0, 10, 20]
+    final = [r for r in rows if "final_eval_loss" in r]
+    assert len(final) == 1 and final[0]["step"] == 30
+    assert manifest["metrics"]["eval_loss"] == final[0]["final_eval_loss"]
+    assert manifest["evaluation"] == {"every_steps": 10, "periodic_samples": 3, "final_samples": held_out}
     clone = tmp_path / "clone"
     assert sorted(p.name for p in clone.iterdir()) == ["adapter", "clone.json", "loss.png", "metrics.jsonl",
                                                        "vocabulary.json"]
@@ -111,6 +119,20 @@ def test_loss_falls_and_clone_directory_is_complete(tiny_model: Path, example_da
     assert manifest["training"]["lora_r"] == 16 and manifest["metrics"]["steps"] == 30
     assert manifest["dataset"]["digest"] == json.loads((example_dataset / "stats.json").read_text())["dataset_digest"]
     assert not (tmp_path / ".clone.partial").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU default")
+def test_periodic_evaluation_is_bounded_on_a_cpu(tiny_model: Path) -> None:
+    from llmclone.training.trainer import CPU_PERIODIC_EVAL_SAMPLES, periodic_eval_samples_for
+
+    assert periodic_eval_samples_for(tiny_config(tiny_model), 449) == CPU_PERIODIC_EVAL_SAMPLES < 449
+    assert periodic_eval_samples_for(tiny_config(tiny_model), 10) == 10
+    assert periodic_eval_samples_for(tiny_config(tiny_model, periodic_eval_samples=300), 449) == 300
+    with pytest.raises(ValueError, match="periodic_eval_samples"):
+        tiny_config(tiny_model, periodic_eval_samples=0)
+    from llmclone.training.data import evenly_spaced
+
+    assert evenly_spaced(list(range(10)), 3) == [0, 3, 6] and evenly_spaced([1, 2], 5) == [1, 2]
 
 
 def _adapter(clone: Path) -> dict[str, torch.Tensor]:

@@ -119,7 +119,8 @@ def train(
     m = manifest["metrics"]
     if not quiet:
         typer.echo(f"clone written to {out}: {m['steps']} steps in {m['seconds']:.0f} s, train loss {m['train_loss']}, "
-                   f"eval loss {m['eval_loss']}")
+                   f"eval loss {m['eval_loss']}"
+                   + (f" (on all {n} held-out samples)" if (n := manifest["evaluation"].get("final_samples")) else ""))
 
 
 @app.command()

@@ -136,10 +136,13 @@ def _loss_plot(curves: list[tuple[str, list[dict[str, Any]]]]) -> bytes:
         colour = CLONE_COLOURS[i % 4]
         train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
         evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+        final = [(r["step"], r["final_eval_loss"]) for r in rows if "final_eval_loss" in r]
         if train:
             ax.plot(*zip(*train, strict=True), color=colour, alpha=0.6, label=f"{name}: train")
         if evals:
-            ax.plot(*zip(*evals, strict=True), "o-", color=colour, label=f"{name}: eval (held-out)")
+            ax.plot(*zip(*evals, strict=True), "o-", color=colour, label=f"{name}: eval (held-out sample)")
+        if final:
+            ax.plot(*zip(*final, strict=True), "D", color=colour, ms=8, label=f"{name}: final eval (all held-out)")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy of the owner's tokens")
     ax.set_title("training curves")

@@ -82,14 +82,19 @@ def owner_tokens(train_set: Any, owner_only: bool = True) -> Any:
     return torch.from_numpy(np.unique(ids).astype(np.int64))
 
 
+def evenly_spaced(items: list, most: int) -> list:
+    """At most `most` of the items, evenly spaced: a bounded eval set still spans the held-out period."""
+    if len(items) <= most:
+        return items
+    return [items[i * len(items) // most] for i in range(most)]
+
+
 def training_samples(dataset_dir: Path, config: TrainConfig) -> tuple[list, list]:
     """Train samples (plus the mixed-in general data) and a bounded set of eval samples."""
     train = read_samples(dataset_dir / "train.jsonl")
     eval_path = dataset_dir / "eval.jsonl"
     evaluation = read_samples(eval_path) if eval_path.is_file() else []
-    if len(evaluation) > config.max_eval_samples:  # evenly spaced, so it still spans the held-out period
-        step = len(evaluation) / config.max_eval_samples
-        evaluation = [evaluation[int(i * step)] for i in range(config.max_eval_samples)]
+    evaluation = evenly_spaced(evaluation, config.max_eval_samples)
     if config.mix_data:
         path = Path(config.mix_data).expanduser()
         if not path.is_file():

@@ -32,7 +32,7 @@ from llmclone.errors import UserError
 from llmclone.manifest import FORMAT_VERSION, library_versions
 from llmclone.models.base_models import BaseModel, resolve
 from llmclone.models.chat_format import ChatFormat
-from llmclone.training.data import check_dataset, owner_tokens, read_samples, tokenized, training_samples
+from llmclone.training.data import check_dataset, evenly_spaced, owner_tokens, read_samples, tokenized, training_samples
 from llmclone.training.persona import persona_for
 
 
@@ -98,7 +98,8 @@ def _run(session: _Session, work: Path, dataset_dir: Path, out: Path, config: Tr
     if session.interrupted:  # CtrlCStop had the trainer save a checkpoint at the end of that step
         raise Interrupted(f"training interrupted at step {trainer.state.global_step}; a checkpoint is in {work}. "
                           f"Continue with: llmclone train {dataset_dir} --out {out} --resume")
-    final_eval = trainer.evaluate() if eval_samples else {}
+    # once, on the whole held-out set (the evaluation at the last step is skipped: CtrlCStop)
+    final_eval = trainer.evaluate(session.final_eval_set, metric_key_prefix="final_eval") if eval_samples else {}
     seconds = time.time() - started
     if not trainer.is_world_process_zero():  # under DDP, one process writes the clone
         return {}
@@ -106,7 +107,8 @@ def _run(session: _Session, work: Path, dataset_dir: Path, out: Path, config: Tr
     with atomic_dir(out, force=True, what="clone") as tmp:
         trainer.model.save_pretrained(str(tmp / "adapter"))
         shutil.copyfile(work / "metrics.jsonl", tmp / "metrics.jsonl")
-        manifest = _manifest(base, session.chat_format, stats, dataset_dir, config, trainer, final_eval, seconds)
+        manifest = _manifest(base, session.chat_format, stats, dataset_dir, config, trainer, final_eval, seconds,
+                             session.evaluation)
         write_json(tmp / "clone.json", manifest)
         with private_umask():  # one line: 10-20k ids
             (tmp / "vocabulary.json").write_text(json.dumps({"token_ids": session.token_ids,
@@ -156,6 +158,17 @@ class _Session:
         liger = use_liger(config)  # before the slow part: a setting this machine cannot honour is refused first
         train_set = tokenized(train_samples, self.tokenizer, self.chat_format, config.max_length)
         eval_set = tokenized(eval_samples, self.tokenizer, self.chat_format, config.max_length) if eval_samples else None
+        self.final_eval_set = eval_set
+        if eval_set is not None:
+            periodic = periodic_eval_samples_for(config, len(eval_set))
+            eval_set = eval_set.select(evenly_spaced(list(range(len(eval_set))), periodic))
+            self.evaluation = {"every_steps": config.eval_steps, "periodic_samples": periodic,
+                               "final_samples": len(self.final_eval_set)}
+            if not self.quiet:
+                print(f"evaluating every {config.eval_steps} steps on {periodic} of the {len(self.final_eval_set)} "
+                      "held-out samples, and on all of them at the end", flush=True)
+        else:
+            self.evaluation = {}
         if len(train_set) == 0:
             raise UserError("no training sample has an owner turn left after truncation; raise max_length.")
         self.token_ids = owner_tokens(train_set, owner_only=False).tolist()  # the llama.cpp engine's shortlist
@@ -282,6 +295,19 @@ def loss_vocabulary_for(config: TrainConfig, vocab_size: int) -> str:
     return "sampled" if not torch.cuda.is_available() and vocab_size >= SAMPLED_VOCABULARY_MIN else "full"
 
 
+CPU_PERIODIC_EVAL_SAMPLES = 48
+
+
+def periodic_eval_samples_for(config: TrainConfig, held_out: int) -> int:
+    """How many of the held-out samples each evaluation during training uses (see the setting's comment)."""
+    import torch
+
+    wanted = config.periodic_eval_samples
+    if wanted == "auto":
+        wanted = held_out if torch.cuda.is_available() else CPU_PERIODIC_EVAL_SAMPLES
+    return min(int(wanted), held_out)
+
+
 def use_liger(config: TrainConfig) -> bool:
     """Whether to fuse RMSNorm, SwiGLU and RoPE with Liger's Triton kernels (GPU only; +12% on a 7B QLoRA step)."""
     import importlib.util
@@ -368,13 +394,15 @@ def _latest_checkpoint(work: Path) -> str | None:
 
 def _config_key(config: TrainConfig, stats: dict[str, Any]) -> str:
     """What a resume must match: every setting except how long to train, and the data."""
-    settings = config.model_dump(exclude={"epochs", "max_steps", "eval_steps", "save_steps", "logging_steps"})
+    settings = config.model_dump(exclude={"epochs", "max_steps", "eval_steps", "save_steps", "logging_steps",
+                                            "periodic_eval_samples"})
     blob = json.dumps([settings, stats.get("dataset_digest")], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _manifest(base: BaseModel, chat_format: ChatFormat, stats: dict[str, Any], dataset_dir: Path,
-              config: TrainConfig, trainer: Any, final_eval: dict[str, float], seconds: float) -> dict[str, Any]:
+              config: TrainConfig, trainer: Any, final_eval: dict[str, float], seconds: float,
+              evaluation: dict[str, int]) -> dict[str, Any]:
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "format_version": FORMAT_VERSION,
@@ -394,10 +422,11 @@ def _manifest(base: BaseModel, chat_format: ChatFormat, stats: dict[str, Any], d
             # the last logged loss; a run shorter than the logging interval has only the trainer's summary
             "train_loss": history[-1]["loss"] if history else next(
                 (h["train_loss"] for h in trainer.state.log_history if "train_loss" in h), None),
-            "eval_loss": final_eval.get("eval_loss"),
+            "eval_loss": final_eval.get("final_eval_loss"),  # on all evaluation["final_samples"]
             "train_tokens": int(max((h.get("num_tokens", 0) for h in history), default=0)) or None,
             "seconds": round(seconds, 1),
         },
+        "evaluation": evaluation,
         "versions": library_versions(),
     }
 
@@ -412,16 +441,19 @@ def plot_losses(metrics: Path, out: Path) -> None:
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    final = [(r["step"], r["final_eval_loss"]) for r in rows if "final_eval_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss (owner tokens)")
     if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss (held-out future)")
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss (sample of the held-out future)")
+    if final:
+        ax.plot(*zip(*final, strict=True), "D", color="C3", label="final eval loss (all of the held-out future)")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy")
     ax.set_title("LLMClone training")
     ax.grid(alpha=0.3)
-    if train or evals:
+    if train or evals or final:
         ax.legend()
     fig.tight_layout()
     with private_umask():
