@@ -247,12 +247,13 @@ def part_steps(clone: Any, data: Path, out: Path) -> None:
 
 
 def part_eval(clone_dir: Path, data: Path, out: Path) -> None:
+    from llmclone.config import ReplyConfig
     from llmclone.evaluation.evaluate import EvalOptions, evaluate
 
     for limit, batch in ((200, None), (40, 1), (40, None)):
         start = time.perf_counter()
         report = evaluate([clone_dir], data, out / f"eval-{limit}-{batch}",
-                          EvalOptions(limit=limit, progress=False, batch=batch, load="bf16"))
+                          EvalOptions(limit=limit, progress=False, batch=batch, reply=ReplyConfig(load="bf16")))
         seconds = time.perf_counter() - start
         c = report["clones"][0]
         emit(out, "eval", {"variant": f"--limit {limit} --batch {batch or 'auto (16)'}", "seconds": seconds,

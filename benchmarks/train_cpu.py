@@ -66,13 +66,15 @@ def run_ours(data: Path, tokens: int, loss_vocabulary: str = "auto", precision: 
     from llmclone.config import TrainConfig
     from llmclone.models.base_models import resolve
     from llmclone.training.data import read_samples, training_samples
-    from llmclone.training.trainer import _Session
+    from llmclone.training.plan import plan_for
+    from llmclone.training.trainer import TrainingSession
 
     config = TrainConfig(max_steps=max(1, tokens // 1024), batch_tokens=1024, eval_steps=10**6, save_steps=10**6,
                          logging_steps=1, loss_vocabulary=loss_vocabulary, precision=precision)
     work = WORK / "ours"
     work.mkdir(parents=True, exist_ok=True)
-    session = _Session(resolve("embedded"), config, work, quiet=True)
+    base = resolve("embedded")
+    session = TrainingSession(base, config, plan_for(config, base), work, quiet=True)
     train, _ = training_samples(data, config)
     trainer = session.trainer(train, [])
     start, cpu = time.perf_counter(), time.process_time()

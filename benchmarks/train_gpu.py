@@ -116,24 +116,24 @@ def run_original(model_path: Path, data: Path, tokens: int) -> dict:
 def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_tokens: int | str = "auto",
              attention: str = "auto", plain_loss: bool = False, kernels: str = "auto",
              checkpointing: str = "auto", unfolded_dropout: bool = False) -> dict:
-    from llmclone.config import TrainConfig, batch_tokens_for
+    import dataclasses
+
+    from llmclone.config import TrainConfig
     from llmclone.models.base_models import resolve
-    from llmclone.training import loss
     from llmclone.training.data import training_samples
-    from llmclone.training.trainer import _Session
+    from llmclone.training.plan import plan_for
+    from llmclone.training.trainer import TrainingSession
 
     config = TrainConfig(model=str(model_path), quantize="4bit" if quantize else None, batch_tokens=batch_tokens,
                          eval_steps=10**6, save_steps=10**6, logging_steps=1, attention=attention,
                          kernels=kernels, gradient_checkpointing={"true": True, "false": False}.get(checkpointing,
                                                                                                   checkpointing))
-    config.max_steps = max(3, tokens // batch_tokens_for(config))
-    if plain_loss:  # the logits path: full logits at the owner positions, F.cross_entropy
-        loss.frozen_head = lambda model: None
-    if unfolded_dropout:  # peft's own LoRA dropout (a dropped copy and a mask saved per projection)
-        from llmclone.training import lora_dropout
-
-        lora_dropout.fold_dropout = lambda model: 0
-    session = _Session(resolve(str(model_path)), config, Path(f"/tmp/ours-{quantize}"), quiet=True)
+    base = resolve(str(model_path))
+    # plain_loss: the logits path (full logits at the owner positions, F.cross_entropy); unfolded_dropout:
+    # peft's own LoRA dropout (a dropped copy and a mask saved per projection)
+    plan = dataclasses.replace(plan_for(config, base), chunked_loss=not plain_loss, fold_dropout=not unfolded_dropout)
+    config.max_steps = max(3, tokens // plan.batch_tokens)
+    session = TrainingSession(base, config, plan, Path(f"/tmp/ours-{quantize}"), quiet=True)
     train, _ = training_samples(data, config)
     trainer = session.trainer(train, [])
     timer = _Timer()

@@ -155,3 +155,35 @@ def test_sigterm_on_ingest_stops_workers_and_leaves_nothing(tmp_path: Path) -> N
             pass
     assert not alive
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big"]
+
+
+def test_one_clone_toml_holds_every_table(tmp_path: Path) -> None:
+    """[train], [reply] and [telegram] in one file, each read by the same loader; a flat file is [train];
+    a reply setting left in [telegram] (where it used to be) says where it goes now."""
+    from llmclone.config import load_config, load_reply_config
+    from llmclone.errors import UserError
+    from llmclone.telegram.config import load_telegram_config
+
+    path = tmp_path / "clone.toml"
+    path.write_text('[train]\nlora_r = 16\n\n[reply]\ntemperature = 0.3\nengine = "llama.cpp"\n\n'
+                    '[telegram]\nowner_id = 5\n')
+    assert load_config(path, {}).lora_r == 16
+    reply = load_reply_config(path, {"temperature": None})
+    assert (reply.temperature, reply.engine, reply.max_new_tokens) == (0.3, "llama.cpp", 80)
+    assert load_reply_config(path, {"temperature": 0.5}).temperature == 0.5
+    assert load_telegram_config(path).owner_id == 5
+    only_train = tmp_path / "train.toml"
+    only_train.write_text("[train]\nlora_r = 4\n")
+    assert load_reply_config(only_train) == load_reply_config(None)  # no [reply]: the defaults
+    flat = tmp_path / "flat.toml"
+    flat.write_text("lora_r = 4\n")
+    assert load_config(flat, {}).lora_r == 4
+    old = tmp_path / "old.toml"
+    old.write_text("[telegram]\nowner_id = 5\ntemperature = 0.3\n")
+    with pytest.raises(UserError, match=r"temperature now belong.*\[reply\] table"):
+        load_telegram_config(old)
+    for bad, why in (("[reply]\ntemperature = 3\n", "temperature"), ('[reply]\nengine = "vllm"\n', "engine"),
+                     ("[reply]\nbeam = 4\n", "beam: unknown setting"), ("[train\n", "not valid TOML")):
+        path.write_text(bad)
+        with pytest.raises(UserError, match=why):
+            load_reply_config(path)

@@ -81,9 +81,17 @@ def test_train_cli_end_to_end(tiny_model: Path, example_dataset: Path, tmp_path:
     printed = llmclone("train", str(example_dataset), "--out", str(tmp_path / "c"), "--config", str(config),
                        "--lora-r", "4", "--print-config")
     assert printed.returncode == 0 and "lora_r = 4" in printed.stdout and "max_steps = 2" in printed.stdout
+    assert 'attention = "auto"' in printed.stdout and '#   attention = "varlen"' in printed.stdout  # and what runs
     done = llmclone("train", str(example_dataset), "--out", str(tmp_path / "c"), "--config", str(config), "--quiet")
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "c" / "clone.json").read_text())["metrics"]["steps"] == 2
+    # the same file's [reply] table is how the clone replies; flags override it
+    config.write_text(config.read_text() + "\n[reply]\ntemperature = 0\nmax_new_tokens = 6\n")
+    by_file = llmclone("reply", str(tmp_path / "c"), "привет", "--json", "--config", str(config))
+    by_flags = llmclone("reply", str(tmp_path / "c"), "привет", "--json", "--temperature", "0", "--max-new-tokens", "6")
+    assert by_file.returncode == 0 and by_file.stdout == by_flags.stdout, by_file.stderr
+    overridden = llmclone("reply", str(tmp_path / "c"), "привет", "--config", str(config), "--temperature", "5")
+    assert overridden.returncode == 2 and "temperature" in overridden.stderr and "Traceback" not in overridden.stderr
     again = llmclone("train", str(example_dataset), "--out", str(tmp_path / "c"), "--config", str(config))
     assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr
     missing = llmclone("train", str(tmp_path / "nope"), "--out", str(tmp_path / "d"))

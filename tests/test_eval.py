@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from llmclone.config import ReplyConfig
 from llmclone.evaluation import metrics, style
 from llmclone.evaluation.evaluate import EvalOptions, evaluate, load_cases
 from llmclone.evaluation.privacy_probe import PROMPTS, run_probe
@@ -164,7 +165,7 @@ def test_reply_loss_counts_only_the_real_reply(tiny_clone: Path) -> None:
 def test_report_for_a_tiny_clone(tiny_clone: Path, example_dataset: Path, tmp_path: Path) -> None:
     second = tmp_path / "second"
     shutil.copytree(tiny_clone, second)
-    options = EvalOptions(limit=6, seed=3, sampling={"max_new_tokens": 8}, progress=False)
+    options = EvalOptions(limit=6, seed=3, reply=ReplyConfig(max_new_tokens=8), progress=False)
     report = evaluate([tiny_clone, second], example_dataset, tmp_path / "report", options)
     out = tmp_path / "report"
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
@@ -188,7 +189,7 @@ def test_report_for_a_tiny_clone(tiny_clone: Path, example_dataset: Path, tmp_pa
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
 
     again = evaluate([tiny_clone], example_dataset, tmp_path / "again", EvalOptions(
-        limit=6, seed=3, sampling={"max_new_tokens": 8}, progress=False, probe=False))
+        limit=6, seed=3, reply=ReplyConfig(max_new_tokens=8), progress=False, probe=False))
     assert again["examples"] == [{**e, "clones": {tiny_clone.name: e["clones"][tiny_clone.name]}}
                                  for e in report["examples"]]  # deterministic given the seed
 

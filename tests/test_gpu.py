@@ -150,12 +150,13 @@ def test_qlora_clone_trains_in_fp16_and_loads_in_4bit(tiny_model: Path, example_
 
 
 def test_eval_batches_equal_one_case_at_a_time(tiny_clone: Path, example_dataset: Path, tmp_path: Path) -> None:
+    from llmclone.config import ReplyConfig
     from llmclone.evaluation.evaluate import EvalOptions, evaluate
 
     runs = []
     for batch in (1, 6):
-        options = EvalOptions(limit=6, seed=3, sampling={"max_new_tokens": 8, "temperature": 0}, progress=False,
-                              probe=False, batch=batch, device="cuda", load="bf16")
+        reply = ReplyConfig(max_new_tokens=8, temperature=0, device="cuda", load="bf16")
+        options = EvalOptions(limit=6, seed=3, reply=reply, progress=False, probe=False, batch=batch)
         runs.append(evaluate([tiny_clone], example_dataset, tmp_path / f"report{batch}", options)["clones"][0])
     one, batched = runs
     assert batched["perplexity"]["clone"] == pytest.approx(one["perplexity"]["clone"], rel=2e-2)  # bf16 batches

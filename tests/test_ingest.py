@@ -179,10 +179,12 @@ def test_zip_input(tmp_path: Path) -> None:
 
 
 def test_invalid_options() -> None:
-    for bad in ({"merge_gap": 5000, "session_gap": 100}, {"eval_fraction": 1.5}, {"since": "yesterday"},
-                {"context_unit": "words"}, {"drop_redacted": True}):
-        with pytest.raises(UserError):
-            IngestOptions(**bad).validate()  # type: ignore[arg-type]
+    for bad, flag in (({"merge_gap": 5000, "session_gap": 100}, "--merge-gap"), ({"eval_fraction": 1.5}, "--eval-fraction"),
+                      ({"since": "yesterday"}, "--since"), ({"context_unit": "words"}, "--context-unit"),
+                      ({"drop_redacted": True}, "--drop-redacted"), ({"max_context": 0}, "--max-context"),
+                      ({"window": 3}, "--window: unknown setting")):
+        with pytest.raises(UserError, match=flag):
+            IngestOptions.of(**bad)
 
 
 def test_process_tg_data_formats() -> None:

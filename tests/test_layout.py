@@ -9,7 +9,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "llmclone"
 # sources -> dataset -> models -> training -> the clone -> what uses a clone; shared helpers are stage 0
 STAGES = {"errors": 0, "placeholders": 0, "terminal": 0, "manifest": 0, "sources": 1, "dataset": 2, "config": 3,
-          "models": 3, "training": 4, "clone": 5, "api": 5, "demo": 6, "export": 6, "serving": 6, "telegram": 6,
+          "models": 3, "training": 4, "clone": 5, "compat": 5, "demo": 6, "export": 6, "serving": 6, "telegram": 6,
           "evaluation": 6, "cli": 7, "__main__": 7, "__init__": 7}
 
 

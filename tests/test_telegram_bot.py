@@ -354,10 +354,10 @@ def test_a_tiny_clone_answers_through_the_bot(env: None, monkeypatch: pytest.Mon
                                               tiny_clone: Path) -> None:
     from llmclone.clone import LLMClone
 
-    clone = LLMClone.load(tiny_clone)
+    clone = LLMClone.load(tiny_clone, temperature=0, max_new_tokens=12)  # as a [reply] table would say
 
     async def body(api: FakeBotAPI) -> None:
-        h = Harness(api, clone, fast_config(max_new_tokens=12, temperature=0), tmp_path / "t.sqlite")
+        h = Harness(api, clone, fast_config(), tmp_path / "t.sqlite")
         h.start()
         api.add_update(private_message(1, FRIEND, "привет! как дела?"))
         await until(lambda: bool(api.actions) and bool(Store(tmp_path / "t.sqlite").stats()["waiting"] == 0), 30)

@@ -321,10 +321,13 @@ def test_echo_of_the_clones_own_message_is_not_the_owner_typing(tmp_path: Path) 
 
 
 def test_example_config_is_valid() -> None:
+    from llmclone.config import ReplyConfig, load_reply_config
     from llmclone.telegram.config import load_telegram_config
 
     example = Path(__file__).resolve().parents[1] / "examples" / "telegram.toml"
     config = load_telegram_config(example)
+    assert load_reply_config(example) == ReplyConfig(engine="torch", device="auto", load="auto", temperature=0.8,
+                                                     max_new_tokens=80)
     assert config.owner_id == 123456789 and config.draft_mode and config.auto_send == []
     assert set(TelegramConfig.model_fields) - {"max_retries", "backoff_seconds", "breaker_failures",
                                                 "breaker_cooldown_seconds", "business_reply_window_hours"} <= set(

@@ -96,6 +96,13 @@ def test_loss_falls_and_clone_directory_is_complete(tiny_model: Path, example_da
     assert len(final) == 1 and final[0]["step"] == 30
     assert manifest["metrics"]["eval_loss"] == final[0]["final_eval_loss"]
     assert manifest["evaluation"] == {"every_steps": 10, "periodic_samples": 3, "final_samples": held_out}
+    # what ran, not "auto": the plan, as resolved on this machine
+    assert manifest["training"]["batch_tokens"] == 512 and manifest["training"]["attention"] == "auto"
+    plan = manifest["plan"]
+    assert plan["batch_tokens"] == 512 and plan["attention"] == "varlen" and plan["periodic_eval_samples"] == 3
+    if not torch.cuda.is_available():
+        assert (plan["device"], plan["precision"], plan["varlen_kernel"], plan["loss_vocabulary"]) == (
+            "cpu", "fp32", "per_sample", "full")
     clone = tmp_path / "clone"
     assert sorted(p.name for p in clone.iterdir()) == ["adapter", "clone.json", "loss.png", "metrics.jsonl",
                                                        "vocabulary.json"]
@@ -123,11 +130,11 @@ def test_loss_falls_and_clone_directory_is_complete(tiny_model: Path, example_da
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU default")
 def test_periodic_evaluation_is_bounded_on_a_cpu(tiny_model: Path) -> None:
-    from llmclone.training.trainer import CPU_PERIODIC_EVAL_SAMPLES, periodic_eval_samples_for
+    from llmclone.training.plan import CPU_PERIODIC_EVAL_SAMPLES, periodic_eval_samples_for
 
-    assert periodic_eval_samples_for(tiny_config(tiny_model), 449) == CPU_PERIODIC_EVAL_SAMPLES < 449
-    assert periodic_eval_samples_for(tiny_config(tiny_model), 10) == 10
-    assert periodic_eval_samples_for(tiny_config(tiny_model, periodic_eval_samples=300), 449) == 300
+    assert periodic_eval_samples_for(tiny_config(tiny_model), cuda=False) == CPU_PERIODIC_EVAL_SAMPLES < 200
+    assert periodic_eval_samples_for(tiny_config(tiny_model), cuda=True) is None  # all of them
+    assert periodic_eval_samples_for(tiny_config(tiny_model, periodic_eval_samples=300), cuda=False) == 300
     with pytest.raises(ValueError, match="periodic_eval_samples"):
         tiny_config(tiny_model, periodic_eval_samples=0)
     from llmclone.training.data import evenly_spaced
@@ -214,14 +221,17 @@ def test_bf16_on_a_cpu_that_multiplies_it(tiny_model: Path, example_dataset: Pat
     from llmclone.models import runtime
     from llmclone.models.base_models import resolve
     from llmclone.training.data import training_samples
-    from llmclone.training.trainer import _Session, precision_for
+    from llmclone.training.plan import plan_for
+    from llmclone.training.trainer import TrainingSession
 
-    assert precision_for(TrainConfig()) == ("bf16" if torch.cuda.is_available() else "fp32")  # conftest: no bf16
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     config = tiny_config(tiny_model, max_steps=20, eval_steps=100, learning_rate=3e-2, lora_r=16,
                          target_modules="all-linear", lr_scheduler="constant")
-    assert precision_for(config) == "bf16"
-    session = _Session(resolve(config.model), config, tmp_path, quiet=True)
+    base = resolve(config.model)
+    assert plan_for(config, base).precision == ("bf16" if torch.cuda.is_available() else "fp32")  # conftest: no bf16
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    plan = plan_for(config, base)
+    assert plan.precision == "bf16"
+    session = TrainingSession(base, config, plan, tmp_path, quiet=True)
     trainer = session.trainer(training_samples(example_dataset, config)[0], [])
     frozen = {p.dtype for p in trainer.model.parameters() if not p.requires_grad}
     trained = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
@@ -322,12 +332,16 @@ def test_bad_models(example_dataset: Path, tmp_path: Path, monkeypatch: pytest.M
     assert not (tmp_path / "c").exists() and not (tmp_path / ".c.partial").exists()
 
 
+@pytest.mark.parametrize("error", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: can't allocate memory"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+])
 def test_out_of_memory_names_the_setting_to_lower(tiny_model: Path, example_dataset: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                  monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
     from transformers import Trainer
 
     def oom(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: can't allocate memory")
+        raise error
 
     monkeypatch.setattr(Trainer, "train", oom)
     with pytest.raises(UserError, match="lower batch_tokens \\(now 512\\)"):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,21 @@ from hypothesis import strategies as st
 from llmclone.training import attention, loss
 
 
-def _tiny_trainer(tiny_model: Path, example_dataset: Path, tmp_path: Path, **settings: object
-                  ) -> tuple[Any, Any, list, dict[str, torch.Tensor]]:
-    """The trainer on the tiny model and the example dataset: (session, trainer, train samples, first batch)."""
+def _tiny_trainer(tiny_model: Path, example_dataset: Path, tmp_path: Path, plan_changes: dict | None = None,
+                  **settings: object) -> tuple[Any, Any, list, dict[str, torch.Tensor]]:
+    """The trainer on the tiny model and the example dataset: (session, trainer, train samples, first batch);
+    `plan_changes` take a path this machine's plan would not."""
     from llmclone.config import TrainConfig
     from llmclone.models.base_models import resolve
     from llmclone.training.data import training_samples
-    from llmclone.training.trainer import _Session
+    from llmclone.training.plan import plan_for
+    from llmclone.training.trainer import TrainingSession
 
     config = TrainConfig(model=str(tiny_model), batch_tokens=512, max_length=256, max_steps=1, **settings)
     train_samples, _ = training_samples(example_dataset, config)
-    session = _Session(resolve(config.model), config, tmp_path, quiet=True)
+    base = resolve(config.model)
+    plan = dataclasses.replace(plan_for(config, base), **(plan_changes or {}))
+    session = TrainingSession(base, config, plan, tmp_path, quiet=True)
     trainer = session.trainer(train_samples, [])
     return session, trainer, train_samples, next(iter(trainer.get_train_dataloader()))
 
@@ -61,14 +66,12 @@ def test_chunked_cross_entropy_matches_logits(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_trainer_loss_and_gradients_equal_with_and_without_chunking(tiny_model: Path, example_dataset: Path,
-                                                                    tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                    tmp_path: Path) -> None:
     _, trainer, _, batch = _tiny_trainer(tiny_model, example_dataset, tmp_path)
     model = trainer.model.train()
-    assert loss.frozen_head(model) is not None  # the tiny model's tied output layer is frozen: chunked path
-
+    assert trainer.chunked_loss and loss.frozen_head(model) is not None  # the tied output layer is frozen: chunked
     chunked, chunked_grads = _loss_and_grads(trainer, model, batch)
-    monkeypatch.setattr(loss, "frozen_head", lambda model: None)
+    trainer.chunked_loss = False  # what TrainPlan(chunked_loss=False) sets: the full logits and cross-entropy
     plain, plain_grads = _loss_and_grads(trainer, model, batch)
     torch.testing.assert_close(chunked, plain)
     for a, b in zip(chunked_grads, plain_grads, strict=True):
@@ -107,37 +110,42 @@ def test_varlen_attention_equals_the_packed_mask(tiny_model: Path, monkeypatch: 
                                                  kernel: str) -> None:
     from transformers import AutoModelForCausalLM
 
-    if kernel == "flash":
+    if kernel == "flash":  # its contract, run on a CPU
         monkeypatch.setattr("torch.nn.attention.varlen.varlen_attn", _reference_varlen)
-    monkeypatch.setattr(attention, "_kernel_for", lambda query: getattr(attention, f"_{kernel}"))
+    varlen = attention.register(kernel)
     torch.manual_seed(0)
     # three samples, one longer than the tiny model's 64-token sliding window
     lengths = [90, 17, 41]
     ids = torch.randint(4, 300, (1, sum(lengths)))
     positions = torch.cat([torch.arange(n) for n in lengths])[None]
     outputs = {}
-    for implementation in ("sdpa", attention.register()):
+    for implementation in ("sdpa", varlen):
         model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=implementation).eval()
         with torch.no_grad():
             outputs[implementation] = model(input_ids=ids, position_ids=positions, use_cache=False).logits
-    torch.testing.assert_close(outputs[attention.NAME], outputs["sdpa"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(outputs[varlen], outputs["sdpa"], atol=1e-5, rtol=1e-4)
     alone = AutoModelForCausalLM.from_pretrained(tiny_model).eval()(input_ids=ids[:, :90]).logits
-    torch.testing.assert_close(outputs[attention.NAME][:, :90], alone, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(outputs[varlen][:, :90], alone, atol=1e-5, rtol=1e-4)
 
 
 def test_gpu_only_levers_are_off_here_and_refused_when_asked(tiny_model: Path) -> None:
-    from llmclone.config import TrainConfig, batch_tokens_for
+    from llmclone.config import TrainConfig
     from llmclone.errors import UserError
     from llmclone.models.base_models import resolve
-    from llmclone.training.trainer import load_base_model, use_liger
+    from llmclone.training.plan import plan_for
+    from llmclone.training.trainer import load_base_model
 
     assert not torch.cuda.is_available()  # this suite runs on CPUs
-    assert not use_liger(TrainConfig(model=str(tiny_model))) and not attention.flash_available()
-    assert batch_tokens_for(TrainConfig(quantize="4bit")) == 1024  # the GPU's 2,048 only applies there
+    base = resolve(str(tiny_model))
+    plan = plan_for(TrainConfig(model=str(tiny_model), quantize="4bit"), base)
+    assert (plan.device, plan.kernels, plan.varlen_kernel, plan.checkpointing, plan.optimizer) == (
+        "cpu", "none", "per_sample", False, "adamw_torch") and not attention.flash_available()
+    assert plan.batch_tokens == 1024  # the GPU's 8,192 only applies there
     with pytest.raises(UserError, match="kernels = 'liger' needs a CUDA GPU"):
-        use_liger(TrainConfig(model=str(tiny_model), kernels="liger"))
-    model = load_base_model(resolve(str(tiny_model)), TrainConfig(model=str(tiny_model)))
-    assert model.config._attn_implementation == attention.NAME  # per-sample attention on CPUs
+        plan_for(TrainConfig(model=str(tiny_model), kernels="liger"), base)
+    config = TrainConfig(model=str(tiny_model))
+    model = load_base_model(base, config, plan_for(config, base))
+    assert model.config._attn_implementation == attention.implementation_name("per_sample")  # on CPUs
     assert not any(p.requires_grad for p in model.parameters())
 
 
@@ -161,16 +169,14 @@ def test_offloaded_checkpointing_gives_the_same_gradients(tiny_model: Path, exam
     assert offloader.parked >= 2 * layers  # every layer's input went through the hooks, in both steps
 
 
-def test_folded_lora_dropout_equals_peft_dropout(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_folded_lora_dropout_equals_peft_dropout(tiny_model: Path) -> None:
     """Folded into lora_A, the dropout draws the same masks as peft's: same loss and LoRA gradients.
     (The generator replay the GPU path uses; on a CPU the default masks come from PCG64, tested below.)"""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from llmclone.training import lora_dropout
     from llmclone.training.lora_dropout import fold_dropout
 
-    monkeypatch.setattr(lora_dropout, "CPU_MASKS", "torch")
     torch.manual_seed(0)
     ids = torch.randint(0, 100, (1, 96))
     config = LoraConfig(r=8, lora_alpha=32, lora_dropout=0.3, init_lora_weights=False,  # B != 0: dropout shows
@@ -180,7 +186,7 @@ def test_folded_lora_dropout_equals_peft_dropout(tiny_model: Path, monkeypatch: 
         torch.manual_seed(1)
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), config).train()
         if fold:
-            assert fold_dropout(model) == 4 * model.config.num_hidden_layers
+            assert fold_dropout(model, cpu_masks="torch") == 4 * model.config.num_hidden_layers
         torch.manual_seed(2)
         loss_value = model(input_ids=ids, labels=ids).loss
         lora = [p for p in model.parameters() if p.requires_grad]
@@ -208,7 +214,7 @@ def test_cpu_dropout_masks_are_bernoulli_and_replayed_in_backward() -> None:
     weight = torch.randn(8, 64, dtype=torch.float64, requires_grad=True)
     grad = torch.randn(3, 200, 8, dtype=torch.float64)
     torch.manual_seed(5)
-    out = _DroppedProjection.apply(x, weight, 0.3)
+    out = _DroppedProjection.apply(x, weight, 0.3, "pcg64")
     torch.manual_seed(5)
     keep = cpu_keep_mask(x.shape, 0.3, int(torch.randint(0, 2**62, ()).item()))  # the draw the forward made
     expected = (x * keep / 0.7) @ weight.T
@@ -217,18 +223,14 @@ def test_cpu_dropout_masks_are_bernoulli_and_replayed_in_backward() -> None:
                          strict=True):
         torch.testing.assert_close(got, want)
     torch.manual_seed(5)
-    torch.testing.assert_close(_DroppedProjection.apply(x, weight, 0.3), out)  # same seed, same mask
-    assert not torch.allclose(_DroppedProjection.apply(x, weight, 0.3), out)  # the generator moved on: another
+    torch.testing.assert_close(_DroppedProjection.apply(x, weight, 0.3, "pcg64"), out)  # same seed, same mask
+    assert not torch.allclose(_DroppedProjection.apply(x, weight, 0.3, "pcg64"), out)  # the generator moved on: another
 
 
 @pytest.mark.parametrize("masks", ["torch", "pcg64"])
-def test_folded_lora_dropout_saves_less_for_backward(tiny_model: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      masks: str) -> None:
+def test_folded_lora_dropout_saves_less_for_backward(tiny_model: Path, masks: str) -> None:
     """The point of folding: q, k and v share one saved input instead of a dropped copy and a mask each (the
     GPU path, "torch"); the CPU path ("pcg64") also keeps each 1-byte mask, still saving most of it."""
-    from llmclone.training import lora_dropout
-
-    monkeypatch.setattr(lora_dropout, "CPU_MASKS", masks)
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -254,7 +256,7 @@ def test_folded_lora_dropout_saves_less_for_backward(tiny_model: Path, monkeypat
 
     plain = saved_bytes(lora_model())
     folded_model = lora_model()
-    assert fold_dropout(folded_model) == 4 * folded_model.config.num_hidden_layers
+    assert fold_dropout(folded_model, masks) == 4 * folded_model.config.num_hidden_layers
     folded = saved_bytes(folded_model)
     hidden = 256 * folded_model.config.hidden_size * 4  # one fp32 hidden state of this batch
     # per layer: q, k, v, o each saved a dropped input (1 hidden) and a bool mask (1/4); now one shared input
@@ -350,18 +352,19 @@ def test_marginal_is_the_base_models_at_the_first_micro_batch(tiny_model: Path, 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU default")
 def test_sampled_vocabulary_is_the_cpu_default_for_large_vocabularies(tiny_model: Path, example_dataset: Path,
-                                                                      tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                      tmp_path: Path) -> None:
     """loss_vocabulary = "auto": sampled on a CPU when the vocabulary is large (Gemma's 262k), exact when it is
-    small or when asked for."""
+    small, on a GPU, or when asked for."""
     from llmclone.config import TrainConfig
-    from llmclone.training import trainer as trainer_module
+    from llmclone.training.plan import loss_vocabulary_for
 
-    assert trainer_module.loss_vocabulary_for(TrainConfig(), 262_144) == "sampled"
-    assert trainer_module.loss_vocabulary_for(TrainConfig(), 32_000) == "full"
-    assert trainer_module.loss_vocabulary_for(TrainConfig(loss_vocabulary="full"), 262_144) == "full"
-    _, trainer, _, _ = _tiny_trainer(tiny_model, example_dataset, tmp_path / "small")
-    assert trainer.sampled_vocabulary is None  # the tiny model's 400 tokens: exact
-    monkeypatch.setattr(trainer_module, "SAMPLED_VOCABULARY_MIN", 256)  # as if its vocabulary were large
-    _, trainer, _, _ = _tiny_trainer(tiny_model, example_dataset, tmp_path / "large")
-    assert trainer.sampled_vocabulary is not None
+    assert loss_vocabulary_for(TrainConfig(), 262_144, cuda=False) == "sampled"
+    assert loss_vocabulary_for(TrainConfig(), 262_144, cuda=True) == "full"
+    assert loss_vocabulary_for(TrainConfig(), 32_000, cuda=False) == "full"
+    assert loss_vocabulary_for(TrainConfig(loss_vocabulary="full"), 262_144, cuda=False) == "full"
+    session, trainer, _, _ = _tiny_trainer(tiny_model, example_dataset, tmp_path / "small")
+    assert session.plan.loss_vocabulary == "full" and not session.plan.record_marginal
+    assert trainer.sampled_vocabulary is None and not trainer.wants_marginal  # the tiny model's 400 tokens
+    _, trainer, _, _ = _tiny_trainer(tiny_model, example_dataset, tmp_path / "large",
+                                     {"loss_vocabulary": "sampled", "record_marginal": True})
+    assert trainer.sampled_vocabulary is not None and trainer.wants_marginal

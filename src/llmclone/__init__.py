@@ -9,10 +9,10 @@ __version__ = "0.1.0"
 
 # The public API (the original library's names), imported lazily: `llmclone --help` should not pay for torch.
 _EXPORTS = {
-    "process_tg_data": "llmclone.api",
+    "process_tg_data": "llmclone.compat",
     "CloneConfig": "llmclone.clone",
     "LLMClone": "llmclone.clone",
-    "train_clone": "llmclone.clone",
+    "train_clone": "llmclone.compat",
     "UserError": "llmclone.errors",
 }
 

@@ -61,7 +61,7 @@ def ingest(
     from llmclone.dataset.ingest import IngestOptions, summary
     from llmclone.dataset.ingest import ingest as run_ingest
 
-    options = IngestOptions(
+    options = IngestOptions.of(
         me=me, groups=groups, chats=chat or [], exclude_chats=exclude_chat or [], since=since, until=until,
         merge_gap=merge_gap, session_gap=session_gap, max_context=max_context, context_unit=context_unit,
         eval_fraction=eval_fraction, redact_file=str(redact_file) if redact_file else None,
@@ -104,7 +104,11 @@ def train(
                  "persona": persona, "target_modules": "all-linear" if all_linear else None}
     settings = load_config(config, overrides)
     if print_config:
-        typer.echo(settings_toml(settings.model_dump()))
+        from llmclone.config import settings_toml
+        from llmclone.models.base_models import resolve
+        from llmclone.training.plan import plan_for
+
+        typer.echo(settings_toml("train", settings.model_dump(), plan_for(settings, resolve(settings.model)).to_json()))
         return
     from llmclone.training.trainer import Interrupted
     from llmclone.training.trainer import train as run_train
@@ -136,7 +140,7 @@ def demo(
     run_demo(out, model=model, steps=steps, quiet=quiet)
 
 
-_ENGINE = typer.Option("--engine", help="'torch' (exact, default) or 'llama.cpp' (on a 2-core CPU ~2x faster for a first reply, 5-7x for each next turn; 8-bit GGUF with a shortlisted vocabulary, built once; needs llama-cpp-python).")
+_ENGINE = typer.Option("--engine", help="'torch' (exact, default) or 'llama.cpp' (faster on a CPU, most for each next turn of a chat; 8-bit GGUF with a shortlisted vocabulary, built once; needs llama-cpp-python).")
 _FULL_VOCABULARY = typer.Option("--full-vocabulary", help="With --engine llama.cpp: score all 262k tokens instead of the clone's shortlist (slower; the shortlist costs ~2% held-out loss).")
 
 
@@ -144,19 +148,24 @@ _DEVICE = typer.Option("--device", help="Where the clone runs: auto (a GPU if th
 _LOAD = typer.Option("--load", help="Base weights: auto (4-bit NF4 for QLoRA clones or when 16-bit would not fit), 4bit, or bf16.")
 
 
-def _sampling(temperature: float | None, max_new_tokens: int | None) -> dict:
-    from llmclone.models.engine import Sampling
-
-    chosen = {k: v for k, v in {"temperature": temperature, "max_new_tokens": max_new_tokens}.items() if v is not None}
-    Sampling.of(chosen)  # refuses impossible values (a negative temperature, no new tokens) before loading
-    return chosen
+_REPLY_CONFIG = typer.Option("--config", help="TOML file whose [reply] table says how the clone replies (flags override it).")
 
 
-def _load_clone(clone: Path, engine: str, full_vocabulary: bool, device: str, load: str):
+def _reply_settings(config: Path | None, temperature: float | None = None, max_new_tokens: int | None = None,
+                    engine: str | None = None, full_vocabulary: bool = False, device: str | None = None,
+                    load: str | None = None):
+    """The [reply] table and the flags given, checked (impossible values refused before anything loads)."""
+    from llmclone.config import load_reply_config
+
+    return load_reply_config(config, {"temperature": temperature, "max_new_tokens": max_new_tokens, "engine": engine,
+                                      "vocabulary": "full" if full_vocabulary else None, "device": device,
+                                      "load": load})
+
+
+def _load_clone(clone: Path, settings):
     from llmclone.clone import LLMClone
 
-    loaded = LLMClone.load(clone, engine=engine, vocabulary="full" if full_vocabulary else "shortlist", device=device,
-                           load=load)
+    loaded = LLMClone.load(clone, settings)
     if loaded.runtime is not None:
         typer.echo(loaded.runtime.describe(), err=True)
     return loaded
@@ -167,12 +176,13 @@ def reply(
     clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
     text: Annotated[str | None, typer.Argument(help="The message to answer (default: read from stdin).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print {\"messages\": [...]} for scripts.")] = False,
+    config: Annotated[Path | None, _REPLY_CONFIG] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0 = greedy).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Longest reply, in tokens.")] = None,
-    engine: Annotated[str, _ENGINE] = "torch",
+    engine: Annotated[str | None, _ENGINE] = None,
     full_vocabulary: Annotated[bool, _FULL_VOCABULARY] = False,
-    device: Annotated[str, _DEVICE] = "auto",
-    load: Annotated[str, _LOAD] = "auto",
+    device: Annotated[str | None, _DEVICE] = None,
+    load: Annotated[str | None, _LOAD] = None,
 ) -> None:
     """The clone's answer to one message: one line per message it would send."""
     from llmclone.terminal import reply_once
@@ -184,27 +194,27 @@ def reply(
         raise UserError("the message is not valid UTF-8 text; give it in UTF-8.") from None
     if not message.strip():
         raise UserError("no message to answer; give it as an argument or on stdin.")
-    sampling = _sampling(temperature, max_new_tokens)
-    reply_once(_load_clone(clone, engine, full_vocabulary, device, load), message, as_json, sys.stdout, **sampling)
+    settings = _reply_settings(config, temperature, max_new_tokens, engine, full_vocabulary, device, load)
+    reply_once(_load_clone(clone, settings), message, as_json, sys.stdout)
 
 
 @app.command()
 def chat(
     clone: Annotated[Path, typer.Argument(help="Clone directory made by llmclone train.", show_default=False)],
+    config: Annotated[Path | None, _REPLY_CONFIG] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0 = greedy).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Longest reply, in tokens.")] = None,
-    engine: Annotated[str, _ENGINE] = "torch",
+    engine: Annotated[str | None, _ENGINE] = None,
     full_vocabulary: Annotated[bool, _FULL_VOCABULARY] = False,
-    device: Annotated[str, _DEVICE] = "auto",
-    load: Annotated[str, _LOAD] = "auto",
+    device: Annotated[str | None, _DEVICE] = None,
+    load: Annotated[str | None, _LOAD] = None,
 ) -> None:
     """Talk with your clone in the terminal (/reset, /regen, /exit; end a line with \\ to continue it)."""
     from llmclone.terminal import chat_loop
 
-    sampling = _sampling(temperature, max_new_tokens)
-    loaded = _load_clone(clone, engine, full_vocabulary, device, load)
+    loaded = _load_clone(clone, _reply_settings(config, temperature, max_new_tokens, engine, full_vocabulary, device, load))
     name = ((loaded.manifest or {}).get("owner") or {}).get("name") or "clone"
-    chat_loop(loaded, sys.stdin, sys.stdout, name=name.split()[0].lower(), **sampling)
+    chat_loop(loaded, sys.stdin, sys.stdout, name=name.split()[0].lower())
 
 
 @app.command()
@@ -213,19 +223,19 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on; keep 127.0.0.1 unless others must reach it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     api_key: Annotated[str | None, typer.Option(envvar="LLMCLONE_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY'.")] = None,
-    engine: Annotated[str, _ENGINE] = "torch",
+    config: Annotated[Path | None, _REPLY_CONFIG] = None,
+    engine: Annotated[str | None, _ENGINE] = None,
     full_vocabulary: Annotated[bool, _FULL_VOCABULARY] = False,
-    device: Annotated[str, _DEVICE] = "auto",
-    load: Annotated[str, _LOAD] = "auto",
+    device: Annotated[str | None, _DEVICE] = None,
+    load: Annotated[str | None, _LOAD] = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body accepted, in MB (larger: 413).", min=0.01)] = 4,
 ) -> None:
     """Serve the clone over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
     from llmclone.serving.openai_api import serve as run_server
 
+    settings = _reply_settings(config, engine=engine, full_vocabulary=full_vocabulary, device=device, load=load)
     typer.echo(f"serving {clone} on http://{host}:{port}/v1" + (" (API key required)" if api_key else ""))
-    run_server(str(clone), host=host, port=port, api_key=api_key, engine=engine,
-               vocabulary="full" if full_vocabulary else "shortlist", device=device, load=load,
-               max_body_bytes=int(max_body_mb * 2**20))
+    run_server(str(clone), settings, host=host, port=port, api_key=api_key, max_body_bytes=int(max_body_mb * 2**20))
 
 
 @app.command()
@@ -251,11 +261,11 @@ telegram_app = typer.Typer(help="Put the clone to work in Telegram: a bot, a Tel
                            no_args_is_help=True)
 app.add_typer(telegram_app, name="telegram")
 
-_TG_CONFIG = typer.Option("--config", help="TOML file with the Telegram settings (a table named telegram).")
+_TG_CONFIG = typer.Option("--config", help="TOML file with the Telegram settings ([telegram]) and how the clone replies ([reply]).")
 _TG_STATE = typer.Option("--state", help="SQLite state file (default: under LLMCLONE_HOME/telegram).")
 _TG_OWNER = typer.Option("--owner-id", help="Your Telegram user id: owner commands, and who the clone answers by default.")
 _TG_ALLOW = typer.Option("--allow", help="Another user id the clone may answer (repeatable).")
-_TG_DEVICE = typer.Option("--device", help="Where the clone runs: auto, cpu, cuda or cuda:N (default: the config's device, else auto).")
+_TG_DEVICE = typer.Option("--device", help="Where the clone runs: auto, cpu, cuda or cuda:N (default: the [reply] table's device, else auto).")
 
 
 def _telegram(mode: str, clone: Path, config: Path | None, state: Path | None, owner_id: int | None, allow: list[int] | None,
@@ -315,11 +325,12 @@ def eval_(
     compare: Annotated[list[Path] | None, typer.Option(help="Another clone of the same owner to put side by side (repeatable).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the subset and the sampled replies.")] = 0,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Run the privacy probe.")] = True,
+    config: Annotated[Path | None, _REPLY_CONFIG] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature for the replies (0 = greedy).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing report directory.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    device: Annotated[str, _DEVICE] = "auto",
-    load: Annotated[str, _LOAD] = "auto",
+    device: Annotated[str | None, _DEVICE] = None,
+    load: Annotated[str | None, _LOAD] = None,
     batch: Annotated[int | None, typer.Option(help="Held-out cases per forward pass (default: 16 on a GPU, 4 on a CPU).", min=1)] = None,
 ) -> None:
     """How much the clone sounds like its owner: held-out perplexity, style, distinguishability, a privacy probe."""
@@ -328,22 +339,12 @@ def eval_(
 
     if limit is not None and limit < 0:
         raise UserError("--limit must be 0 (all) or a positive number of held-out replies.")
-    options = EvalOptions(limit=limit or None, seed=seed, probe=probe, sampling=_sampling(temperature, None), progress=not quiet,
-                          batch=batch, device=device, load=load)
+    settings = _reply_settings(config, temperature, device=device, load=load)
+    options = EvalOptions(limit=limit or None, seed=seed, probe=probe, reply=settings, progress=not quiet, batch=batch)
     report = evaluate([clone, *(compare or [])], data, out, options, force=force)
     for line in summary_lines(report):
         typer.echo(line)
     typer.echo(f"report: {out / 'report.html'}")
-
-
-def settings_toml(settings: dict) -> str:
-    lines = ["[train]"]
-    for key, value in settings.items():
-        if value is None:
-            lines.append(f"# {key} = (default)")
-        else:
-            lines.append(f"{key} = {json.dumps(value)}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,14 +1,12 @@
 """LLMClone: a trained clone, loaded from its directory, answering as its owner.
 
-Also the original library's API: `CloneConfig`, `LLMClone(config)`, `train_clone(clone, dataset)`,
-`clone.sample(prompt)`, `clone.save(path)`, `clone.add_adapters(path)`.
+Also the original library's methods on it: `LLMClone(CloneConfig(...))`, `clone.sample(prompt)`,
+`clone.save(path)`, `clone.add_adapters(path)`; its functions are in compat.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmclone import placeholders
-from llmclone.config import TrainConfig
+from llmclone.config import ReplyConfig, TrainConfig, load_table
 from llmclone.dataset.io import private_umask, write_json
 from llmclone.errors import UserError
 from llmclone.manifest import read_manifest
@@ -56,13 +54,16 @@ class LLMClone:
         self.engine: Engine | None = None
         self.runtime: Runtime | None = None
         self.chat_format = ChatFormat()
+        self.sampling: dict[str, Any] = {}  # what every reply starts from (ReplyConfig.sampling)
 
     # -- loading ---------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, clone_dir: str | Path, merge: bool = True, engine: str = "torch", quant: str = "q8_0",
-             vocabulary: str = "shortlist", device: str = "auto", load: str = "auto") -> LLMClone:
+    def load(cls, clone_dir: str | Path, settings: ReplyConfig | None = None, merge: bool = True,
+             **overrides: Any) -> LLMClone:
         """Load a clone directory: its base model (resolved again on this machine) plus its adapter.
 
+        How it replies is `settings` (config.py's ReplyConfig, a clone TOML's [reply] table), with any of its
+        fields given as keywords on top: the sampling defaults every reply starts from, and the following.
         `device` (auto|cpu|cuda|cuda:N) and `load` (auto|4bit|bf16) are decided by models/runtime.py: a GPU
         when there is one, its native 16-bit precision, the base in 4-bit NF4 for a QLoRA clone or when 16-bit
         weights would not fit; memory is checked before anything is loaded. `merge=True` folds the adapter
@@ -72,9 +73,12 @@ class LLMClone:
         precision; its output layer scores only the tokens the clone uses (`vocabulary="shortlist"`, see
         models/shortlist.py) unless `vocabulary="full"`.
         """
+        settings = load_table(None, "reply", ReplyConfig, (settings.model_dump() if settings else {}) | overrides)
+        engine, device, load = settings.engine, settings.device, settings.load
         manifest = read_manifest(clone_dir)
         clone = cls(CloneConfig(model_name=manifest["base_model"]["spec"]))
         clone.clone_dir, clone.manifest = Path(clone_dir), manifest
+        clone.sampling = settings.sampling()
         clone.chat_format = ChatFormat.from_json(manifest["chat_format"])
         base = base_of_clone(manifest)
         if engine == "llama.cpp":
@@ -86,14 +90,11 @@ class LLMClone:
                 raise UserError("the llama.cpp engine runs on the CPU; use --engine torch to reply on a GPU.")
             require()  # before any export work: say what to install
             clone.tokenizer = AutoTokenizer.from_pretrained(base.path)
-            if vocabulary not in ("shortlist", "full"):
-                raise UserError(f"unknown vocabulary {vocabulary!r}; use 'shortlist' or 'full'.")
-            gguf = clone_gguf(clone_dir, quant, clone.tokenizer if vocabulary == "shortlist" else None)
+            shortlist = settings.vocabulary == "shortlist"
+            gguf = clone_gguf(clone_dir, settings.quant, clone.tokenizer if shortlist else None)
             clone.engine = LlamaCppEngine(gguf, n_ctx=CONTEXT_TOKENS + 256, tokenizer=clone.tokenizer)
-        elif engine == "torch":
-            clone._load(base, Path(clone_dir) / "adapter", merge, device, load)
         else:
-            raise UserError(f"unknown engine {engine!r}; use 'torch' or 'llama.cpp'.")
+            clone._load(base, Path(clone_dir) / "adapter", merge, device, load)
         return clone
 
     def _load(self, base: BaseModel, adapter: Path | None, merge: bool = False, device: str = "auto",
@@ -193,7 +194,8 @@ class LLMClone:
         cancelled = cancelled or [None] * n
         requests, streamers = [], []
         for history, on_message, settings, gone in zip(histories, on_messages, samplings, cancelled, strict=True):
-            request, streamer = self._request(history, Sampling.of(settings), on_message, keep_media_tags)
+            chosen = self.sampling | {k: v for k, v in settings.items() if v is not None}
+            request, streamer = self._request(history, Sampling.of(chosen), on_message, keep_media_tags)
             request.cancelled = gone
             requests.append(request)
             streamers.append(streamer)
@@ -304,25 +306,3 @@ class _LineStreamer:
                 self.stopped = True
                 return
             self.emit(line.strip())
-
-
-def train_clone(clone: LLMClone, dataset: Any, out: str | Path | None = None, **kwargs: Any) -> LLMClone:
-    """Train `clone` on a dataset (a dataset directory, or what process_tg_data returns); returns it loaded."""
-    from llmclone.training.trainer import train
-
-    out = Path(out or clone.config.output_dir or tempfile.mkdtemp(prefix="llmclone-clone-"))
-    with tempfile.TemporaryDirectory(prefix="llmclone-data-") as tmp:
-        data_dir = Path(dataset) if isinstance(dataset, str | Path) else _write_dataset(dataset, Path(tmp))
-        train(data_dir, out, clone.config.train_config(), force=True, **kwargs)
-    loaded = LLMClone.load(out, merge=False)  # keeps save() and add_adapters() working on the adapter
-    clone.__dict__.update(loaded.__dict__)
-    return clone
-
-
-def _write_dataset(dataset: Any, tmp: Path) -> Path:
-    """A Dataset with a `messages` column, or a list of message lists, as a dataset directory."""
-    with open(tmp / "train.jsonl", "w", encoding="utf-8") as f:
-        for row in dataset:
-            messages = row if isinstance(row, list) else row["messages"]
-            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-    return tmp

@@ -1,25 +1,21 @@
-"""Training settings: one typed model, loaded from a TOML file, overridden by command-line flags."""
+"""Settings: one typed model per command family, loaded from one TOML file, overridden by flags.
+
+A clone's TOML file may hold a [train] table (TrainConfig), a [reply] table (ReplyConfig: reply, chat, serve,
+eval, Telegram) and a [telegram] table (telegram/config.py); `load_table` reads any of them the same way."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmclone.errors import UserError
+from llmclone.models.engine import Sampling
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # the original LLMClone settings
-
-
-def batch_tokens_for(config: TrainConfig) -> int:
-    """The batch_tokens to use on this machine (see the setting's comment for "auto")."""
-    if config.batch_tokens != "auto":
-        return int(config.batch_tokens)
-    import torch
-
-    return 8192 if torch.cuda.is_available() else 1024
 
 
 class TrainConfig(BaseModel):
@@ -57,8 +53,8 @@ class TrainConfig(BaseModel):
     # for QLoRA and for models that fill much of a GPU, none on CPUs or for small models on a GPU
     gradient_checkpointing: bool | Literal["auto", "offload"] = "auto"
     # "auto": bf16 on GPUs that have it (else fp16) and on CPUs that multiply bf16 natively (AVX512-BF16, AMX:
-    # ~1.5x faster training here; held-out loss +0.1% to +2.3% at equal steps, far lower at equal time); fp32 on
-    # other CPUs, which only emulate bf16
+    # faster at about the same held-out loss per step, lower per second: benchmarks/README.md); fp32 on other
+    # CPUs, which only emulate bf16
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # "varlen": each packed sample attends only to itself (training/attention.py): Flash Attention on Ampere or
     # newer GPUs, one SDPA call per sample on CPUs; "auto" is varlen except on older GPUs (SDPA with a mask)
@@ -68,8 +64,8 @@ class TrainConfig(BaseModel):
     # The training softmax. "full": exact. "sampled": exact over the tokens the owner's turns contain, the other
     # ~250k of Gemma's tokens estimated each micro-step from 8,192 drawn where the base model puts its mass at
     # the first micro-batch's owner positions (training/loss.py). "auto": sampled on a CPU when the vocabulary is
-    # large (>= 65,536: the output layer is then most of a CPU step), exact on GPUs. On real chats ~1.35x faster
-    # steps than exact (1.0-1.5x in six runs) at the same held-out loss (benchmarks/README.md). Evaluation is
+    # large (>= 65,536: the output layer is then most of a CPU step), exact on GPUs. On real chats faster steps
+    # than exact at the same held-out loss (benchmarks/README.md). Evaluation is
     # always exact.
     loss_vocabulary: Literal["auto", "full", "sampled"] = "auto"
     # evaluation, checkpoints, logging
@@ -102,24 +98,79 @@ class TrainConfig(BaseModel):
         return self
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """The TOML file's settings (a flat table, or under [train]), then the flags that were given."""
+TABLES = ("train", "reply", "telegram")  # what one clone TOML file may hold
+Settings = TypeVar("Settings", bound=BaseModel)
+
+
+def load_table(path: str | Path | None, table: str, model: type[Settings],
+               overrides: dict[str, Any] | None = None) -> Settings:
+    """One table of a TOML file (a file with none of the TABLES is that table, flat), then the flags given
+    (None: not given), checked by its pydantic model; a mistake is one sentence naming the setting."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"config file {path} does not exist.") from None
         except OSError as err:
             raise UserError(f"cannot read the config file {path} ({err.strerror}).") from None
-        except tomllib.TOMLDecodeError as err:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
             raise UserError(f"{path} is not valid TOML ({err}); fix the file.") from None
-        data = data.get("train", data)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+        data = raw.get(table, {}) if any(name in raw for name in TABLES) else raw
+        if not isinstance(data, dict):
+            raise UserError(f"{table} in {path} must be a table ([{table}]); fix the file.")
+    data = data | {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
-        return TrainConfig(**data)
+        return model(**data)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
+        where = ".".join(str(p) for p in first["loc"]) or table
         message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown setting"
-        raise UserError(f"{where}: {message}" + (f" (in {path})" if path else "") + "; see llmclone train --help.") from None
+        command = "train" if table == "train" else "telegram bot" if table == "telegram" else "reply"
+        raise UserError(f"{where}: {message}" + (f" (in [{table}] of {path})" if path else "")
+                        + f"; see llmclone {command} --help.") from None
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """The training settings: the file's [train] table (or the whole file, flat), then the flags."""
+    return load_table(path, "train", TrainConfig, overrides)
+
+
+class ReplyConfig(BaseModel):
+    """How a clone replies: in reply, chat, serve, eval and the Telegram modes alike (a [reply] table)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    engine: Literal["torch", "llama.cpp"] = "torch"  # llama.cpp: faster on a CPU (needs llama-cpp-python)
+    # llama.cpp only: its GGUF's quantisation, and whether its output layer scores the clone's shortlist of
+    # tokens or the whole vocabulary (models/shortlist.py)
+    quant: Literal["q8_0", "f16", "q4_k_m"] = "q8_0"
+    vocabulary: Literal["shortlist", "full"] = "shortlist"
+    device: str = "auto"  # auto (a GPU if there is one), cpu, cuda or cuda:N
+    # base weights (models/runtime.py): auto, 4bit, bf16; fp16, fp32 or full (16-bit, never 4-bit) for exports
+    load: Literal["auto", "4bit", "bf16", "fp16", "fp32", "full"] = "auto"
+    temperature: float = Field(Sampling.temperature, ge=0, le=2)
+    top_p: float = Field(Sampling.top_p, gt=0, le=1)
+    repetition_penalty: float = Field(Sampling.repetition_penalty, gt=0)
+    max_new_tokens: int = Field(Sampling.max_new_tokens, ge=1)
+
+    def sampling(self) -> dict[str, Any]:
+        """The defaults every reply starts from (a request may override them)."""
+        return self.model_dump(include={"temperature", "top_p", "repetition_penalty", "max_new_tokens"})
+
+
+def load_reply_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ReplyConfig:
+    return load_table(path, "reply", ReplyConfig, overrides)
+
+
+def settings_toml(table: str, settings: dict[str, Any], resolved: dict[str, Any] | None = None) -> str:
+    """The settings as a TOML table (what a config file may hold), and what this machine resolved, as comments."""
+    lines = [f"[{table}]"]
+    for key, value in settings.items():
+        lines.append(f"# {key} = (default)" if value is None else f"{key} = {json.dumps(value)}")
+    if resolved:
+        lines += ["", "# resolved on this machine (clone.json records it as \"plan\"):"]
+        lines += [f"#   {key} = {json.dumps(value)}" for key, value in resolved.items()]
+    return "\n".join(lines)

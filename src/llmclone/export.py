@@ -41,9 +41,10 @@ def export_merged(clone_dir: str | Path, out: str | Path, force: bool = False, d
     clone = LLMClone.load(clone_dir, device=device, load="full")  # merged on the GPU when there is one
     model = merged_model(clone)
     with atomic_dir(out, force, what="export") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        clone.tokenizer.save_pretrained(tmp)
-        (tmp / "llmclone-prompt.txt").write_text(prompt_help(clone.chat_format), encoding="utf-8")
+        with private_umask():
+            model.save_pretrained(tmp, safe_serialization=True)
+            clone.tokenizer.save_pretrained(tmp)
+            (tmp / "llmclone-prompt.txt").write_text(prompt_help(clone.chat_format), encoding="utf-8")
         write_json(tmp / "clone.json", clone.manifest)
     return Path(out)
 

@@ -17,25 +17,26 @@ from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm import tqdm
 
 from llmclone.dataset.io import PRIVATE_FILE, atomic_dir, write_json
 from llmclone.dataset.privacy import Scrubber
 from llmclone.dataset.samples import SampleMaker
 from llmclone.errors import UserError
-from llmclone.sources.base import GROUP, Chat, Message, Tally
+from llmclone.sources.base import GROUP, Chat, Message, Skip, Tally
 from llmclone.sources.telegram import (
     MAX_CHAT_MESSAGES,
     Export,
     NotFastPath,
     RawChat,
     RestartWithStreaming,
+    Selector,
     classify_chat,
     open_export,
 )
@@ -43,39 +44,47 @@ from llmclone.sources.telegram import (
 STATS_VERSION = 1
 
 
-@dataclass
-class IngestOptions:
+class IngestOptions(BaseModel):
+    """What ingest keeps and how it cuts it; checked when made (`of`: a mistake is one sentence with its flag)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
     me: str | None = None  # "user123", "123" or a display name
     groups: bool = False
-    chats: list[str] = field(default_factory=list)  # names or ids to include (only these)
-    exclude_chats: list[str] = field(default_factory=list)
+    chats: list[str] = Field(default_factory=list)  # names or ids to include (only these)
+    exclude_chats: list[str] = Field(default_factory=list)
     since: str | None = None  # YYYY-MM-DD, inclusive
     until: str | None = None  # YYYY-MM-DD, exclusive
-    merge_gap: int = 300  # seconds between messages of one burst
-    session_gap: int = 4 * 3600  # seconds of silence that end a session
-    max_context: int = 256  # context budget of a sample
-    context_unit: str = "tokens"  # "tokens" (estimated) or "chars"
-    eval_fraction: float = 0.1
+    merge_gap: int = Field(300, ge=0)  # seconds between messages of one burst
+    session_gap: int = Field(4 * 3600, gt=0)  # seconds of silence that end a session
+    max_context: int = Field(256, ge=1)  # context budget of a sample
+    context_unit: Literal["tokens", "chars"] = "tokens"  # tokens: estimated
+    eval_fraction: float = Field(0.1, ge=0, lt=1)  # the latest share of each chat, held out
     redact_file: str | None = None
     drop_redacted: bool = False
-    max_chat_messages: int = MAX_CHAT_MESSAGES  # a chat is held whole while its samples are made
+    max_chat_messages: int = Field(MAX_CHAT_MESSAGES, ge=1)  # a chat is held whole while its samples are made
 
-    def validate(self) -> None:
-        if self.merge_gap < 0 or self.session_gap <= 0:
-            raise UserError("--merge-gap must be ≥ 0 and --session-gap > 0 seconds.")
+    @model_validator(mode="after")
+    def _consistent(self) -> IngestOptions:
+        # UserError passes through pydantic as it is: the sentence already names both flags
         if self.merge_gap >= self.session_gap:
             raise UserError("--merge-gap must be shorter than --session-gap; lower it or raise the session gap.")
-        if self.max_context < 1:
-            raise UserError("--max-context must be at least 1.")
-        if self.context_unit not in ("tokens", "chars"):
-            raise UserError("--context-unit must be 'tokens' or 'chars'.")
-        if not 0 <= self.eval_fraction < 1:
-            raise UserError("--eval-fraction must be between 0 and 1 (e.g. 0.1 for the latest 10%).")
-        if self.max_chat_messages < 1:
-            raise UserError("--max-chat-messages must be at least 1.")
         if self.drop_redacted and not self.redact_file:
             raise UserError("--drop-redacted needs --redact-file with the words to look for.")
         self.window()
+        return self
+
+    @classmethod
+    def of(cls, **settings: Any) -> IngestOptions:
+        try:
+            return cls(**settings)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else "options"
+            message = first["msg"].removeprefix("Value error, ")
+            if first["type"] == "extra_forbidden":
+                message = "unknown setting"
+            raise UserError(f"--{field.replace('_', '-')}: {message}; see llmclone ingest --help.") from None
 
     def window(self) -> tuple[int | None, int | None]:
         return _day(self.since, "--since"), _day(self.until, "--until")
@@ -91,23 +100,23 @@ def _day(value: str | None, flag: str) -> int | None:
 
 
 # -- selection and owner ---------------------------------------------------------------------------
-def make_selector(options: IngestOptions) -> Callable[[str, int, str | None], str]:
+def make_selector(options: IngestOptions) -> Selector:
     wanted = {c.casefold() for c in options.chats}
     unwanted = {c.casefold() for c in options.exclude_chats}
 
     def named(chat_id: int, name: str | None, names: set[str]) -> bool:
         return str(chat_id) in names or (name is not None and name.casefold() in names)
 
-    def select(chat_type: str, chat_id: int, name: str | None) -> str:
+    def select(chat_type: str, chat_id: int, name: str | None) -> str | Skip:
         verdict = classify_chat(chat_type, chat_id)
-        if verdict.startswith("skip:"):
+        if isinstance(verdict, Skip):
             return verdict
         if named(chat_id, name, unwanted):
-            return "skip:excluded"
+            return Skip("excluded")
         if wanted:
-            return verdict if named(chat_id, name, wanted) else "skip:not_selected"
+            return verdict if named(chat_id, name, wanted) else Skip("not_selected")
         if verdict == GROUP and not options.groups:
-            return "skip:group"
+            return Skip("group")
         return verdict
 
     return select
@@ -130,7 +139,8 @@ class OwnerResolver:
         self.names: Counter[str] = Counter()
         self.account_name: str | None = None
 
-    def flag(self, chat: Chat, export: Export) -> None:
+    def mark_owner(self, chat: Chat, export: Export) -> None:
+        """Mark the owner's messages in `chat` (is_owner), deciding who the owner is in this export."""
         owner = self.fixed or self._by_name(chat, export)
         if owner is None and self.name is None:
             owner = export.owner_id
@@ -217,7 +227,6 @@ def ingest(paths: Sequence[str | Path], out: str | Path, options: IngestOptions 
     `workers`: processes that parse chats and build samples (default: one per core; 1 = in-process).
     """
     options = options or IngestOptions()
-    options.validate()
     if not paths:
         raise UserError("no export given; pass the path to a Telegram export (result.json, folder or .zip).")
     exports, seen = [], set()
@@ -230,12 +239,12 @@ def ingest(paths: Sequence[str | Path], out: str | Path, options: IngestOptions 
     workers = workers or len(os.sched_getaffinity(0))
     while True:
         try:
-            return _run(exports, Path(out), options, force, progress, workers)
+            return _ingest(exports, Path(out), options, force, progress, workers)
         except RestartWithStreaming:
             continue  # an export the fast path misread: now marked, read again from the start
 
 
-def _run(exports: list[Export], out: Path, options: IngestOptions, force: bool, progress: bool, workers: int
+def _ingest(exports: list[Export], out: Path, options: IngestOptions, force: bool, progress: bool, workers: int
          ) -> dict[str, Any]:
     tally = Tally()
     scrubber = Scrubber.from_file(options.redact_file)
@@ -257,7 +266,7 @@ def _run(exports: list[Export], out: Path, options: IngestOptions, force: bool, 
                 def flagged() -> Iterator[Chat]:
                     for export in exports:
                         for chat in export.chats(select, tally, bar.update):
-                            owner.flag(chat, export)
+                            owner.mark_owner(chat, export)
                             yield chat
 
                 chats = flagged() if len(exports) == 1 else merged_chats(flagged(), tmp / "merge.sqlite")
@@ -286,7 +295,7 @@ def _run(exports: list[Export], out: Path, options: IngestOptions, force: bool, 
                 "chat selection (--groups, --chat, --since/--until)."
             )
         cutoff = _cutoff(maker.owner_times, options.eval_fraction)
-        split = _route(segments, tmp, maker, cutoff)
+        split = _split_train_eval(segments, tmp, maker, cutoff)
         if split["train"]["samples"] == 0:
             raise UserError(
                 f"all {split['eval']['samples']} samples fell in the eval split (your latest "
@@ -320,13 +329,13 @@ def _parallel(export: Export, select: Callable[[str, int, str | None], str], tal
         return
     if isinstance(first, Chat):  # the streaming path: this file is read in-process
         for chat in chain([first], items):
-            owner.flag(chat, export)  # type: ignore[arg-type]
+            owner.mark_owner(chat, export)  # type: ignore[arg-type]
             maker.add(chat, spill)  # type: ignore[arg-type]
         segments.append((tmp / "samples.spill", 0, len(maker.lengths)))
         return
     owner_id = owner.fixed or export.owner_id
     if owner_id is None:
-        owner.flag(Chat("telegram", 0, "personal", None), export)  # raises the owner error
+        owner.mark_owner(Chat("telegram", 0, "personal", None), export)  # raises the owner error
     owner.ids.add(owner_id)
     if owner_id == export.owner_id and export.owner_name:
         owner.account_name = export.owner_name
@@ -345,7 +354,7 @@ def _parallel(export: Export, select: Callable[[str, int, str | None], str], tal
             maker.merge(part)
 
         for batch in _batches(chain([first], items)):
-            pending.append(pool.submit(_work, batch))
+            pending.append(pool.submit(_samples_of_batch, batch))
             while len(pending) >= 2 * workers:
                 collect(pending.popleft())
         while pending:
@@ -372,7 +381,7 @@ def _init_worker(options: IngestOptions, scrubber: Scrubber, owner_id: str, tmp:
     _worker_state.update(options=options, scrubber=scrubber, owner=owner_id, path=path, spill=open(path, "ab"))
 
 
-def _work(batch: list[RawChat]) -> tuple[Path, int, SampleMaker] | None:
+def _samples_of_batch(batch: list[RawChat]) -> tuple[Path, int, SampleMaker] | None:
     """Samples of a batch of chats, appended to this worker's spill file: (file, offset, counts)."""
     scrubber = _worker_state["scrubber"]
     scrubber.counts = Counter()
@@ -401,7 +410,7 @@ def _cutoff(times: array, fraction: float) -> int | None:
     return ordered[index]
 
 
-def _route(segments: list[tuple[Path, int, int]], tmp: Path, maker: SampleMaker, cutoff: int | None
+def _split_train_eval(segments: list[tuple[Path, int, int]], tmp: Path, maker: SampleMaker, cutoff: int | None
            ) -> dict[str, dict[str, Any]]:
     """Split the spilled samples into train.jsonl and eval.jsonl by copying runs of lines (no parsing)."""
     names = ("train", "eval")
@@ -486,8 +495,7 @@ def _stats(exports: list[Export], options: IngestOptions, owner: OwnerResolver, 
                              "eval": split["eval"]["tokens_estimated"]},
         "split": {"eval_fraction": options.eval_fraction, "eval_from_unixtime": cutoff},
         "redactions": dict(sorted(scrubber.counts.items())),
-        "settings": {k: v for k, v in asdict(options).items() if k != "redact_file"}
-        | {"redact_file": bool(options.redact_file)},
+        "settings": options.model_dump(exclude={"redact_file"}) | {"redact_file": bool(options.redact_file)},
         "files": {name: {"digest": split[name]["digest"]} for name in ("train", "eval")},
         "dataset_digest": dataset_hash,
     }

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmclone.config import ReplyConfig
 from llmclone.dataset.io import atomic_dir, read_jsonl, write_json
 from llmclone.errors import UserError
 from llmclone.evaluation import metrics, style
@@ -35,11 +36,9 @@ class EvalOptions:
     limit: int | None = 200  # held-out cases; None for all
     seed: int = 0
     probe: bool = True
-    sampling: dict[str, Any] = field(default_factory=dict)
+    reply: ReplyConfig = field(default_factory=ReplyConfig)  # device, load and sampling (the torch engine always)
     progress: bool = True
     batch: int | None = None  # cases per forward pass; None: 16 on a GPU, 4 on a CPU
-    device: str = "auto"
-    load: str = "auto"
 
 
 def load_cases(data_dir: str | Path, limit: int | None, seed: int) -> tuple[list[Case], dict[str, Any]]:
@@ -107,7 +106,7 @@ def evaluate(clone_dirs: list[str | Path], data_dir: str | Path, out: str | Path
             "dataset": {"dir": str(Path(data_dir).absolute()), "owner": stats.get("owner", {}).get("name"),
                         "digest": stats.get("dataset_digest"), "held_out_cases": len(cases),
                         "eval_from_unixtime": stats.get("split", {}).get("eval_from_unixtime")},
-            "options": {"limit": options.limit, "seed": options.seed, "sampling": options.sampling},
+            "options": {"limit": options.limit, "seed": options.seed, "sampling": options.reply.sampling()},
             "real": {"fingerprint": style.distributions(real),
                      "characteristic_words": style.characteristic_words(real, background)},
             "clones": [r["summary"] for r in results],
@@ -127,17 +126,17 @@ def _evaluate_clone(clone_dir: Path, manifest: dict[str, Any], cases: list[Case]
                     base_cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from llmclone.clone import LLMClone
 
-    clone = LLMClone.load(clone_dir, merge=False, device=options.device, load=options.load)  # adapter switchable
+    # the torch engine, the adapter kept apart: held-out loss, and the base model's replies beside the clone's
+    clone = LLMClone.load(clone_dir, options.reply, merge=False, engine="torch")
     if options.progress:
         print(f"{clone_dir.name}: {clone.runtime.describe() if clone.runtime else ''}", flush=True)
     base_key = json.dumps([manifest["base_model"], manifest["chat_format"]], sort_keys=True)
-    sampling = {"temperature": 0.8, **options.sampling}
     with clone.adapter_merged():
-        clone_losses, clone_replies = _answer_all(clone, cases, options, sampling, f"evaluating {clone_dir.name}")
-        probe = run_probe(lambda h: clone.reply(h, **sampling)) if options.probe else None
+        clone_losses, clone_replies = _answer_all(clone, cases, options, f"evaluating {clone_dir.name}")
+        probe = run_probe(lambda h: clone.reply(h)) if options.probe else None
     runtime = clone.runtime.to_json() if clone.runtime is not None else None
     if base_key not in base_cache:  # clones of one base model share its answers
-        losses, replies = _answer_all(clone, cases, options, sampling, "evaluating the base model", base=True)
+        losses, replies = _answer_all(clone, cases, options, "evaluating the base model", base=True)
         base_cache[base_key] = {"losses": losses, "replies": replies}
     base_losses, base_replies = base_cache[base_key]["losses"], base_cache[base_key]["replies"]
 
@@ -171,7 +170,7 @@ def _evaluate_clone(clone_dir: Path, manifest: dict[str, Any], cases: list[Case]
             "curves": (clone_dir.name, curves)}
 
 
-def _answer_all(clone: Any, cases: list[Case], options: EvalOptions, sampling: dict[str, Any], desc: str,
+def _answer_all(clone: Any, cases: list[Case], options: EvalOptions, desc: str,
                 base: bool = False) -> tuple[list[tuple[float, int]], list[list[str]]]:
     """Loss of each real reply and a sampled reply of one's own, seeded per case (same seeds for every model),
     in batches: the same numbers as one case at a time (tests/test_eval.py), several cases per forward pass."""
@@ -184,7 +183,7 @@ def _answer_all(clone: Any, cases: list[Case], options: EvalOptions, sampling: d
         for start in range(0, len(cases), batch):
             chunk = cases[start:start + batch]
             losses += clone.reply_losses([(c.context, "\n".join(c.real)) for c in chunk], base=base, batch=batch)
-            seeds = [{**sampling, "seed": options.seed * 1_000_003 + start + i} for i in range(len(chunk))]
+            seeds = [{"seed": options.seed * 1_000_003 + start + i} for i in range(len(chunk))]
             replies += clone.reply_batch([c.context for c in chunk], keep_media_tags=True, base=base, samplings=seeds)
             bar.update(len(chunk))
     return losses, replies

@@ -73,8 +73,22 @@ def _store(data: Any) -> Any:
     return data.astype(np.float32 if data.ndim == 1 else np.float16)
 
 
+def copy_fields(reader: Any, writer: Any, skip: set[str] = frozenset(), change: Any = None) -> None:  # type: ignore[assignment]
+    """Every metadata field of a GGUF into a writer of another, with its own type; the reader's own ("GGUF.*")
+    and the architecture (the writer's already) left out, and `skip`. `change(name, value)` may rewrite a value."""
+    from gguf import GGUFValueType
+
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == "general.architecture" or field.name in skip:
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
+        value = field.contents()
+        writer.add_key_value(field.name, change(field.name, value) if change else value, vtype, sub_type=sub)
+
+
 def _from_source(model: Any, source: Path, out: Path) -> None:
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter, LlamaFileType
+    from gguf import GGUFReader, GGUFWriter, LlamaFileType
     from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
 
     reader = GGUFReader(str(source))
@@ -85,12 +99,7 @@ def _from_source(model: Any, source: Path, out: Path) -> None:
     weights = _weights(model)
     names = get_gguf_hf_weights_map(model, TensorProcessor())
     writer = GGUFWriter(str(out), arch)
-    for field in reader.fields.values():
-        if field.name.startswith("GGUF.") or field.name in ("general.architecture", "general.file_type"):
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+    copy_fields(reader, writer, skip={"general.file_type"})
     writer.add_file_type(LlamaFileType.MOSTLY_F16)
     for tensor in reader.tensors:
         hf_name = names.get(tensor.name)

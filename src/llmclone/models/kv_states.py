@@ -2,7 +2,7 @@
 
 One llama.cpp context holds one KV cache, and llama.cpp reuses it only for the longest common prefix with the
 next prompt. A clone in Telegram or behind the API answers several chats in turn, so without this every switch
-of chat re-evaluates the whole history (a cold reply, ~2.5x slower here). After each reply the context's state
+of chat re-evaluates the whole history (a cold reply: benchmarks/README.md, reply latency). After each reply the context's state
 (its KV cells, ~18 KB per token for the embedded model) is kept in memory under its tokens; before the next
 reply the state sharing the longest prefix with the new prompt is restored if it beats the live context.
 """

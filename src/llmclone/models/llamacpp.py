@@ -28,6 +28,7 @@ from typing import Any
 from llmclone.errors import UserError
 from llmclone.models.base_models import home
 from llmclone.models.engine import Request
+from llmclone.models.vocabulary import read_vocabulary
 
 QUANTS = {"f16": 1, "q8_0": 7, "q4_k_m": 15}  # llama_ftype values
 
@@ -57,7 +58,7 @@ def clone_gguf(clone_dir: str | Path, quant: str = "q8_0", tokenizer: Any = None
     keep = None
     if tokenizer is not None:
         chat_format = ChatFormat.from_json(json.loads((clone_dir / "clone.json").read_text())["chat_format"])
-        keep = clone_shortlist(tokenizer, chat_format, *seen_tokens(clone_dir))
+        keep = clone_shortlist(tokenizer, chat_format, *read_vocabulary(Path(clone_dir)))
     listed = f"-shortlist-{hashlib.sha256(json.dumps(keep).encode()).hexdigest()[:8]}" if keep else ""
     out = stem.with_name(f"{stem.name}-{quant}{listed}.gguf")
     if out.is_file():
@@ -81,14 +82,6 @@ def clone_gguf(clone_dir: str | Path, quant: str = "q8_0", tokenizer: Any = None
         os.chmod(target, 0o600)
         target.rename(out)
     return out
-
-
-def seen_tokens(clone_dir: Path) -> tuple[list[int], list[int]]:
-    """The token ids of the clone's training data and the base model's likely ones (`vocabulary.json`, written
-    by training; none for clones made before it was)."""
-    path = clone_dir / "vocabulary.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    return data.get("token_ids", []), data.get("likely_ids", [])
 
 
 def _quantize(src: Path, dest: Path, ftype: int) -> None:

@@ -122,23 +122,21 @@ def write_shortlisted_gguf(src: Path, dest: Path, full_ids: Sequence[int]) -> Pa
     """A copy of a GGUF whose vocabulary (token list and embedding rows, which are the tied output layer)
     holds `full_ids` only, in that order, with the full ids recorded for the engine."""
     import numpy as np
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    from gguf import GGUFReader, GGUFWriter
+
+    from llmclone.models.gguf_export import copy_fields
 
     reader = GGUFReader(str(src))
     keep = np.asarray(full_ids, dtype=np.int64)
     position = {int(f): s for s, f in enumerate(keep)}
+
+    def shortlisted(name: str, value: Any) -> Any:
+        if name in _PER_TOKEN:
+            return [value[i] for i in keep]
+        return position[int(value)] if name in _TOKEN_IDS else value
+
     writer = GGUFWriter(str(dest), reader.fields["general.architecture"].contents())
-    for field in reader.fields.values():
-        if field.name.startswith("GGUF.") or field.name == "general.architecture":
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
-        value = field.contents()
-        if field.name in _PER_TOKEN:
-            value = [value[i] for i in keep]
-        elif field.name in _TOKEN_IDS:
-            value = position[int(value)]
-        writer.add_key_value(field.name, value, vtype, sub_type=sub)
+    copy_fields(reader, writer, change=shortlisted)
     writer.add_array(SHORTLIST_KEY, keep.astype(np.int32).tolist())
     for tensor in reader.tensors:  # f32/f16 (the clone's own export): rows can be picked, quantise afterwards
         if tensor.tensor_type not in (0, 1):

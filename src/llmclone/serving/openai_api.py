@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmclone.config import ReplyConfig
 from llmclone.serving.batcher import Batcher, Job, Stopping
 
 MAX_BODY_BYTES = 4 * 2**20  # a long chat is far less; more is a mistake or an attack (`serve --max-body-mb`)
@@ -246,12 +247,12 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(clone_dir: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          engine: str = "torch", vocabulary: str = "shortlist", device: str = "auto", load: str = "auto",
-          max_body_bytes: int = MAX_BODY_BYTES) -> None:
+def serve(clone_dir: str, settings: ReplyConfig | None = None, host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    """`settings`: how the clone replies (engine, device, and the sampling a request starts from)."""
     from llmclone.clone import LLMClone
 
-    clone = LLMClone.load(clone_dir, engine=engine, vocabulary=vocabulary, device=device, load=load)
+    clone = LLMClone.load(clone_dir, settings)
     if clone.runtime is not None:
         print(clone.runtime.describe(), flush=True)
     name = f"llmclone-{clone.clone_dir.name if clone.clone_dir else 'clone'}"

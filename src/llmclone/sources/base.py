@@ -10,6 +10,13 @@ PERSONAL = "personal"
 GROUP = "group"
 
 
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A chat left out, and why (counted in stats.json's skipped_chats)."""
+
+    reason: str
+
+
 @dataclass(slots=True)
 class Message:
     id: int

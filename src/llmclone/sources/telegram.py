@@ -39,7 +39,7 @@ from msgspec.structs import astuple
 
 from llmclone import placeholders as ph
 from llmclone.errors import UserError
-from llmclone.sources.base import GROUP, PERSONAL, Chat, Message, Tally
+from llmclone.sources.base import GROUP, PERSONAL, Chat, Message, Skip, Tally
 
 SOURCE = "telegram"
 TELEGRAM_SERVICE_ID = 777000  # "Telegram" notifications: login codes, never a conversation
@@ -59,8 +59,8 @@ SKIP_REASONS = {
     "public_channel": "channel",
 }
 
-# (type, id, name) -> chat kind to read, or a skip reason (str) prefixed with "skip:"
-Selector = Callable[[str, int, str | None], str]
+# (type, id, name) -> the chat kind to read (PERSONAL or GROUP), or why it is left out
+Selector = Callable[[str, int, str | None], "str | Skip"]
 
 _BLOCK = 8 << 20
 _HEADER_MARGIN = 64 << 10  # a chat header (name, type, id) is far shorter than this
@@ -234,8 +234,8 @@ class Export:
         chat_type, chat_id, name = header
         self.chat_count += 1
         verdict = select(chat_type, chat_id, name)
-        if verdict.startswith("skip:"):
-            tally.skipped_chats[verdict[5:]] += 1
+        if isinstance(verdict, Skip):
+            tally.skipped_chats[verdict.reason] += 1
             return
         if self.plain_file:
             yield RawChat(verdict, chat_id, name, None, last, str(self.path), offset, end, self.label,
@@ -311,8 +311,8 @@ class Export:
             tally.skipped_chats["malformed"] += 1
             return None
         verdict = select(str(meta.get("type", "")), chat_id, meta.get("name"))
-        if verdict.startswith("skip:"):
-            tally.skipped_chats[verdict[5:]] += 1
+        if isinstance(verdict, Skip):
+            tally.skipped_chats[verdict.reason] += 1
             return None
         tally.dropped_messages.update(scratch.dropped_messages)
         return Chat(SOURCE, chat_id, verdict, meta.get("name"), messages or [])
@@ -343,8 +343,8 @@ class Export:
                 "Telegram Desktop wrote."
             )
         verdict = select(chat_type, chat_id, meta.get("name"))
-        if verdict.startswith("skip:"):
-            tally.skipped_chats[verdict[5:]] += 1
+        if isinstance(verdict, Skip):
+            tally.skipped_chats[verdict.reason] += 1
             return None
         # A single personal chat says whose it is only implicitly: the sender that is not the peer.
         if chat_type == "personal_chat" and self.owner_id is None:
@@ -685,7 +685,7 @@ def _walk(events: Iterator[tuple[str, Any]], built: frozenset[str], entered: fro
     (_TOP_KEY, key) for each top-level key.
 
     Prefixes are kept here rather than by ijson.parse, which builds one string per level for every event:
-    memory quadratic in the depth (a 200 KB file of brackets took 20 GB).
+    memory quadratic in the depth (benchmarks/NOTES.md, "Behind the code", has a file of brackets).
     """
     stack: list[str] = []
     for event, value in events:
@@ -810,10 +810,10 @@ class _Guarded:
 _LONG_GAP = re.compile(rb'"[^"]{%d}' % _MAX_GAP)
 
 
-def classify_chat(chat_type: str, chat_id: int) -> str:
-    """The chat kind we read (PERSONAL/GROUP) or a skip reason prefixed 'skip:'."""
+def classify_chat(chat_type: str, chat_id: int) -> str | Skip:
+    """The chat kind we read (PERSONAL/GROUP), or why it is left out."""
     if chat_id == TELEGRAM_SERVICE_ID:
-        return "skip:verification_codes"
+        return Skip("verification_codes")
     if chat_type in CHAT_KINDS:
         return CHAT_KINDS[chat_type]
-    return "skip:" + SKIP_REASONS.get(chat_type, "unknown_type")
+    return Skip(SKIP_REASONS.get(chat_type, "unknown_type"))

@@ -1,4 +1,5 @@
-"""Telegram settings: one TOML file (a [telegram] table) plus environment variables for the secrets.
+"""Telegram settings: the [telegram] table of a clone's TOML file (its [reply] table says how the clone
+replies), plus environment variables for the secrets.
 
 Secrets are never written to the config file or the logs: TELEGRAM_BOT_TOKEN (bot, business),
 TG_API_ID / TG_API_HASH / TG_SESSION (userbot), TELEGRAM_API_BASE (another Bot API server).
@@ -8,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llmclone.config import ReplyConfig, load_table
 from llmclone.errors import UserError
 
 
@@ -44,31 +45,20 @@ class TelegramConfig(BaseModel):
     backoff_seconds: float = Field(1.0, ge=0)
     breaker_failures: int = Field(5, ge=1)  # consecutive failed sends that open the circuit breaker
     breaker_cooldown_seconds: float = Field(300, ge=0)
-    # replies
-    engine: Literal["torch", "llama.cpp"] = "torch"  # llama.cpp: faster on a CPU (needs llama-cpp-python)
-    device: str = "auto"  # auto (a GPU if there is one), cpu, cuda or cuda:N
-    load: Literal["auto", "4bit", "bf16"] = "auto"  # base weights: see models/runtime.py
-    temperature: float = Field(0.8, ge=0)
-    max_new_tokens: int = Field(80, ge=1)
+    # how the clone replies (engine, device, sampling) is the [reply] table of the same file: ReplyConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reply_settings_elsewhere(cls, data: Any) -> Any:
+        moved = sorted(set(data) & set(ReplyConfig.model_fields)) if isinstance(data, dict) else []
+        if moved:
+            raise ValueError(f"{', '.join(moved)} now belong(s) in the [reply] table of the same file (shared "
+                             "with reply, chat and serve); move them there")
+        return data
 
 
 def load_telegram_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TelegramConfig:
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"config file {path} does not exist.") from None
-        except tomllib.TOMLDecodeError as err:
-            raise UserError(f"{path} is not valid TOML ({err}); fix the file.") from None
-        data = raw.get("telegram", raw)
-    data |= {k: v for k, v in (overrides or {}).items() if v is not None}
-    try:
-        return TelegramConfig(**data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        raise UserError(f"telegram setting {where}: {first['msg']}; fix {path or 'the options'}.") from None
+    return load_table(path, "telegram", TelegramConfig, overrides)
 
 
 def secret(name: str, what: str) -> str:

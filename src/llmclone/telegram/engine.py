@@ -232,8 +232,7 @@ class Engine:
         typing = asyncio.get_running_loop().create_task(self._keep_typing(chat_id, conn))
         try:
             history = self.store.history(chat_id, self.config.history_messages)
-            sampling = {"temperature": self.config.temperature, "max_new_tokens": self.config.max_new_tokens}
-            reply = await asyncio.wrap_future(self.batcher.submit(Job(history, sampling)))
+            reply = await asyncio.wrap_future(self.batcher.submit(Job(history, {})))  # the clone's [reply] sampling
             return list(reply.messages)
         finally:
             typing.cancel()

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from llmclone.config import load_reply_config
 from llmclone.errors import UserError
 from llmclone.models.base_models import home
 from llmclone.telegram.config import load_telegram_config, secret
@@ -21,7 +22,9 @@ def default_state(mode: str, clone_dir: Path) -> Path:
 def launch(mode: str, clone_dir: Path, config_path: Path | None, overrides: dict[str, Any], state: Path | None) -> None:
     from llmclone.clone import LLMClone
 
+    device = overrides.pop("device", None)
     config = load_telegram_config(config_path, overrides)
+    reply = load_reply_config(config_path, {"device": device})  # the same file's [reply] table
     if mode == "bot" and config.owner_id is None and not config.allow:
         raise UserError("nobody may talk to this bot yet: give your Telegram user id with --owner-id (or owner_id "
                         "in the config); ask @userinfobot if you do not know it.")
@@ -36,7 +39,7 @@ def launch(mode: str, clone_dir: Path, config_path: Path | None, overrides: dict
     for noisy in ("aiogram.event", "httpx", "telethon.network"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     state = state or default_state(mode, clone_dir)
-    clone = LLMClone.load(clone_dir, engine=config.engine, device=config.device, load=config.load)
+    clone = LLMClone.load(clone_dir, reply)
     if clone.runtime is not None:
         logging.getLogger("llmclone.telegram").info("%s", clone.runtime.describe())
     if mode in ("bot", "business"):

@@ -4,7 +4,7 @@ Padding-free packing puts many short samples in one row. With SDPA, transformers
 causal mask over the whole row and the kernel still visits every (query, key) pair of it: at 8k tokens of
 ~100-token samples that is ~80× the attention work that matters. On Ampere or newer GPUs PyTorch's
 `varlen_attn` (Flash Attention over cumulative sequence lengths) skips it; on CPUs each sample gets its own
-causal SDPA call (a 1,024-token row of the embedded model: 0.9 instead of 2.4 s of attention per step). The
+causal SDPA call (benchmarks/NOTES.md, "Behind the code", has a CPU step's attention both ways). The
 boundaries come from the position ids that restart at 0 for every packed sample, which transformers passes
 to the attention function.
 """
@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from llmclone.errors import UserError
 
 NAME = "llmclone_varlen"
 
@@ -64,7 +66,9 @@ def _flash(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bounds: 
         kwargs["window_size"] = (window - 1 if window and window < longest else -1, 0)
     else:  # older PyTorch: causal only, so a sliding window must not cut into any sample
         if window is not None and window < longest:
-            raise RuntimeError(f"this PyTorch's varlen attention has no sliding window ({window} < {longest})")
+            raise UserError(f"this PyTorch's varlen attention has no sliding window, and a sample ({longest} "
+                            f"tokens) is longer than the model's window ({window}): upgrade PyTorch (2.10 or "
+                            "newer), or set attention = 'sdpa'.")
         kwargs["is_causal"] = True
     return varlen_attn(query, key, value, bounds, bounds, longest, longest, **kwargs)
 
@@ -84,24 +88,26 @@ def _per_sample(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bou
     return torch.cat(outs)
 
 
-def _kernel_for(query: torch.Tensor) -> Any:
-    return _flash if query.is_cuda and flash_available() else _per_sample
+KERNELS = {"flash": _flash, "per_sample": _per_sample}
 
 
-def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-              attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-              sliding_window: int | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """The transformers attention interface: (batch 1, heads, tokens, dim) in, (1, tokens, heads, dim) out."""
-    position_ids = kwargs.get("position_ids")
-    if position_ids is None or query.size(0) != 1:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+def _attention_with(kernel: Any) -> Any:
+    def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                  sliding_window: int | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        """The transformers attention interface: (batch 1, heads, tokens, dim) in, (1, tokens, heads, dim) out."""
+        position_ids = kwargs.get("position_ids")
+        if position_ids is None or query.size(0) != 1:
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                      sliding_window=sliding_window, **kwargs)
-    bounds, longest = _bounds_of(position_ids)
-    out = _kernel_for(query)(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), bounds,
-                             longest, scaling, sliding_window)
-    return out.unsqueeze(0), None
+            return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                          dropout=dropout, sliding_window=sliding_window, **kwargs)
+        bounds, longest = _bounds_of(position_ids)
+        out = kernel(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), bounds, longest,
+                     scaling, sliding_window)
+        return out.unsqueeze(0), None
+
+    return attention
 
 
 _last: tuple[torch.Tensor, tuple[torch.Tensor, int]] | None = None
@@ -116,11 +122,18 @@ def _bounds_of(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _last[1]
 
 
-def register() -> str:
-    """Make `attn_implementation=NAME` loadable; the packed-row mask is not built for it (None)."""
+def implementation_name(kernel: str) -> str:
+    # transformers takes any implementation named "*flash*" for its own Flash Attention and looks for it
+    return f"{NAME}_{'cuda' if kernel == 'flash' else kernel}"
+
+
+def register(kernel: str) -> str:
+    """Make varlen attention on `kernel` ("flash" or "per_sample") loadable as `attn_implementation`; returns
+    its name. The packed-row mask is not built for it (None)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    AttentionInterface.register(NAME, attention)
-    AttentionMaskInterface.register(NAME, lambda *args, **kwargs: None)
-    return NAME
+    name = implementation_name(kernel)
+    AttentionInterface.register(name, _attention_with(KERNELS[kernel]))
+    AttentionMaskInterface.register(name, lambda *args, **kwargs: None)
+    return name

@@ -7,11 +7,11 @@ are one autograd function that saves `x` itself (q, k and v share it, and the at
 saved by the attention already) and the random generator's state, and redraws the mask in the backward pass.
 Same masks, same LoRA, same numbers; one more dropout kernel per projection, and less memory.
 
-On a CPU the masks come from PCG64 (numpy) instead: torch's CPU generator (mt19937) takes ~11 ms for one
-1,024 x 640 mask on this 2-core machine, PCG64's raw 64-bit output ~1.3 ms, and 72 masks are drawn per
-training step of the embedded model. Same Bernoulli(1 - p) keep rate (to 1/65,536), seeded from torch's
-generator, so `torch.manual_seed` and resumed runs still repeat them. There the 1-byte mask is kept for the
-backward pass rather than redrawn (memory is rarely what limits a CPU run; a redraw cost ~2.3 ms).
+On a CPU the masks come from PCG64 (numpy) instead: torch's CPU generator (mt19937) is several times slower
+per mask, and a training step of the embedded model draws 72 of them (benchmarks/NOTES.md, "Behind the
+code"). Same Bernoulli(1 - p) keep rate (to 1/65,536), seeded from torch's generator, so `torch.manual_seed`
+and resumed runs still repeat them. There the 1-byte mask is kept for the backward pass rather than redrawn
+(memory is rarely what limits a CPU run; a redraw costs time).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
         torch.set_rng_state(state)
 
 
-CPU_MASKS = "pcg64"  # or "torch": the GPU path's generator replay, the masks peft itself draws
 _LEVELS = 1 << 16
 
 
@@ -55,10 +54,11 @@ class _DroppedProjection(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, p: float, cpu_masks: str) -> torch.Tensor:
+        """`cpu_masks`: "pcg64" (cpu_keep_mask), or "torch": the GPU path's generator replay on a CPU too."""
         ctx.p = p
         ctx.seed = None
-        if x.device.type == "cpu" and CPU_MASKS == "pcg64":
+        if x.device.type == "cpu" and cpu_masks == "pcg64":
             # one draw from torch's generator: a gradient-checkpoint recompute (generator restored) draws the same
             ctx.seed = int(torch.randint(0, 2**62, ()).item())
             keep = cpu_keep_mask(x.shape, p, ctx.seed)
@@ -73,7 +73,7 @@ class _DroppedProjection(torch.autograd.Function):
         return out if torch.is_autocast_enabled(x.device.type) else out.to(weight.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         if ctx.seed is not None:
             return _pcg64_backward(ctx, *ctx.saved_tensors, grad)
         x, weight = ctx.saved_tensors
@@ -88,33 +88,35 @@ class _DroppedProjection(torch.autograd.Function):
                                                             1 / (1 - ctx.p))
         if ctx.needs_input_grad[1]:
             grad_w = (grad.flatten(0, -2).T @ dropped.flatten(0, -2)).to(weight.dtype)
-        return grad_x, grad_w, None
+        return grad_x, grad_w, None, None
 
 
 def _pcg64_backward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor, grad: torch.Tensor
-                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
     grad = grad.to(x.dtype) * (1 / (1 - ctx.p))
     grad_x = grad_w = None
     if ctx.needs_input_grad[0]:
         grad_x = torch.where(keep, F.linear(grad, weight.T.to(x.dtype)), 0)
     if ctx.needs_input_grad[1]:
         grad_w = (grad.flatten(0, -2).T @ torch.where(keep, x, 0).flatten(0, -2)).to(weight.dtype)
-    return grad_x, grad_w, None
+    return grad_x, grad_w, None, None
 
 
 class DroppedLinear(nn.Linear):
     """peft's `lora_A` with the adapter's dropout folded in (training mode only; state dict unchanged)."""
 
     p = 0.0
+    cpu_masks = "pcg64"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:  # as peft would (its input cast is off for this layer)
             return super().forward(x if torch.is_autocast_enabled(x.device.type) else x.to(self.weight.dtype))
-        return _DroppedProjection.apply(x, self.weight, self.p)
+        return _DroppedProjection.apply(x, self.weight, self.p, self.cpu_masks)
 
 
-def fold_dropout(model: nn.Module) -> int:
-    """Fold every LoRA dropout of `model` (a peft model) into its `lora_A`; returns how many were folded."""
+def fold_dropout(model: nn.Module, cpu_masks: str = "pcg64") -> int:
+    """Fold every LoRA dropout of `model` (a peft model) into its `lora_A`; returns how many were folded.
+    `cpu_masks`: how masks are drawn on a CPU (TrainPlan.cpu_masks)."""
     folded = 0
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)
@@ -125,7 +127,7 @@ def fold_dropout(model: nn.Module) -> int:
             if not isinstance(dropout, nn.Dropout) or dropout.p == 0 or type(lora_a) is not nn.Linear:
                 continue
             lora_a.__class__ = DroppedLinear
-            lora_a.p = dropout.p
+            lora_a.p, lora_a.cpu_masks = dropout.p, cpu_masks
             dropouts[name] = nn.Identity()
             # Keep x as it comes (the same tensor for q, k and v): the function casts only for its matmul.
             module.cast_input_dtype_enabled = False

@@ -108,7 +108,7 @@ class SampledVocabulary:
 
 MARGINAL_POSITIONS = 512  # enough for where the base model's mass sits; each costs a 262k-wide row on Gemma
 # Each chunk of the marginal streams the whole output layer from memory (671 MB on Gemma), so it takes wide
-# chunks: 512 rows on this CPU took 1.9 s in 64-row (64 MiB) chunks, 1.26 s in 256-row (256 MiB) ones.
+# chunks (benchmarks/NOTES.md, "Behind the code").
 MARGINAL_CHUNK_BYTES = 256 << 20
 
 
@@ -171,11 +171,13 @@ class CloneTrainer(SFTTrainer):
     # (`owner_marginal`): the sampled softmax draws from it, the llama.cpp shortlist keeps its likely tokens.
     wants_marginal: bool = False
     owner_marginal: torch.Tensor | None = None
+    # Logits only at the owner's positions, a chunk at a time, where the output layer allows (TrainPlan)
+    chunked_loss: bool = True
 
     def _take_marginal(self, rows: torch.Tensor, weight: torch.Tensor | None) -> None:
         """From the first training micro-batch: before the first optimizer step LoRA's B matrices are zero, so
         its hidden states are the base model's, and the forward pass that made them was needed anyway (a
-        separate pass over the training set took 8.6-10 s on this CPU; the logits here take ~1.3-2.3 s)."""
+        separate pass over the training set would cost several times these logits: benchmarks/NOTES.md)."""
         marginal = mean_next_token_distribution(rows[:MARGINAL_POSITIONS].detach(), weight)
         if self.accelerator.num_processes > 1:  # every rank draws from the same proposal
             marginal = self.accelerator.reduce(marginal, "mean")
@@ -205,7 +207,7 @@ class CloneTrainer(SFTTrainer):
         targets = labels[:, 1:]
         keep = (targets[0] != -100).nonzero().flatten()
         unwrapped = self.accelerator.unwrap_model(model)
-        head = frozen_head(unwrapped) if not return_outputs else None
+        head = frozen_head(unwrapped) if self.chunked_loss and not return_outputs else None
         take_marginal = model.training and self.wants_marginal and self.owner_marginal is None and keep.numel()
         if head is not None:
             with hidden_states_out(unwrapped, head):

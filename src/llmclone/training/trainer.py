@@ -26,14 +26,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from llmclone.config import TrainConfig, batch_tokens_for
+from llmclone.config import TrainConfig
 from llmclone.dataset.io import PRIVATE_DIR, atomic_dir, check_replaceable, private_umask, write_json
 from llmclone.errors import UserError
 from llmclone.manifest import FORMAT_VERSION, library_versions
 from llmclone.models.base_models import BaseModel, resolve
 from llmclone.models.chat_format import ChatFormat
+from llmclone.models.vocabulary import write_vocabulary
 from llmclone.training.data import check_dataset, evenly_spaced, owner_tokens, read_samples, tokenized, training_samples
 from llmclone.training.persona import persona_for
+from llmclone.training.plan import SAMPLED_VOCABULARY_MIN, TrainPlan, plan_for
+
+LIKELY_TOKENS = 32768  # the base model's most likely tokens at the owner's turns, recorded for the shortlist
 
 
 class Interrupted(Exception):
@@ -45,8 +49,9 @@ def partial_dir(out: Path) -> Path:
 
 
 def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume: bool = False, force: bool = False,
-          quiet: bool = False) -> dict[str, Any]:
-    """Train a clone on the dataset; returns its manifest. Raises Interrupted on Ctrl-C (after saving)."""
+          quiet: bool = False, plan: TrainPlan | None = None) -> dict[str, Any]:
+    """Train a clone on the dataset; returns its manifest. Raises Interrupted on Ctrl-C (after saving).
+    `plan`: how to run it (default: what `plan_for` resolves on this machine)."""
     dataset_dir, out = Path(dataset_dir), Path(out).absolute()
     stats = check_dataset(dataset_dir)
     check_replaceable(out, force, "clone")
@@ -61,7 +66,8 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
                             "settings, or start again without --resume.")
     # every input is checked and the model resolved before the work directory exists: a mistake leaves nothing
     base = resolve(config.model)
-    session = _Session(base, config, work, quiet)
+    plan = plan or plan_for(config, base)
+    session = TrainingSession(base, config, plan, work, quiet)
     train_samples, eval_samples = training_samples(dataset_dir, config)
     own = read_samples(dataset_dir / "train.jsonl") if config.mix_data else train_samples  # not mixed-in data
     persona = persona_for(config.persona, session.chat_format, stats.get("owner", {}), own)
@@ -71,9 +77,10 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
     with private_umask():
         work.mkdir(parents=True, exist_ok=True)
     work.chmod(PRIVATE_DIR)
-    write_json(work / "run.json", {"config_key": config_key, "config": config.model_dump()})
+    write_json(work / "run.json", {"config_key": config_key, "config": config.model_dump(), "plan": plan.to_json()})
     try:
-        return _run(session, work, dataset_dir, out, config, stats, base, train_samples, eval_samples, resume, quiet)
+        return _train_and_save(session, work, dataset_dir, out, config, stats, base, train_samples, eval_samples,
+                               resume, quiet)
     except (Interrupted, KeyboardInterrupt):
         raise  # the checkpoint stays for --resume
     except BaseException:
@@ -82,16 +89,19 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
         raise
 
 
-def _run(session: _Session, work: Path, dataset_dir: Path, out: Path, config: TrainConfig, stats: dict[str, Any],
-         base: BaseModel, train_samples: list, eval_samples: list, resume: bool, quiet: bool) -> dict[str, Any]:
+def _train_and_save(session: TrainingSession, work: Path, dataset_dir: Path, out: Path, config: TrainConfig,
+                    stats: dict[str, Any], base: BaseModel, train_samples: list, eval_samples: list, resume: bool,
+                    quiet: bool) -> dict[str, Any]:
+    import torch
+
     trainer = session.trainer(train_samples, eval_samples)
     started = time.time()
     with _CtrlC(session):
         try:
             trainer.train(resume_from_checkpoint=_latest_checkpoint(work) if resume else None)
-        except RuntimeError as err:
-            if "out of memory" in str(err).lower() or "can't allocate memory" in str(err).lower():
-                tokens = batch_tokens_for(config)
+        except RuntimeError as err:  # a GPU's is torch.OutOfMemoryError; a CPU's says so only in its text
+            if isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err).lower():
+                tokens = session.plan.batch_tokens
                 raise UserError(f"ran out of memory; lower batch_tokens (now {tokens}) or max_length "
                                 f"(now {config.max_length}), or use --quantize 4bit.") from None
             raise
@@ -107,24 +117,21 @@ def _run(session: _Session, work: Path, dataset_dir: Path, out: Path, config: Tr
     with atomic_dir(out, force=True, what="clone") as tmp:
         trainer.model.save_pretrained(str(tmp / "adapter"))
         shutil.copyfile(work / "metrics.jsonl", tmp / "metrics.jsonl")
-        manifest = _manifest(base, session.chat_format, stats, dataset_dir, config, trainer, final_eval, seconds,
-                             session.evaluation)
+        manifest = _manifest(base, session, stats, dataset_dir, config, trainer, final_eval, seconds)
         write_json(tmp / "clone.json", manifest)
-        with private_umask():  # one line: 10-20k ids
-            (tmp / "vocabulary.json").write_text(json.dumps({"token_ids": session.token_ids,
-                                                             "likely_ids": session.likely_ids}))
+        write_vocabulary(tmp, session.token_ids, session.likely_ids)
         plot_losses(tmp / "metrics.jsonl", tmp / "loss.png")
     shutil.rmtree(work, ignore_errors=True)
     return manifest
 
 
-class _Session:
-    """The model, tokenizer and TRL trainer for one run."""
+class TrainingSession:
+    """The model, tokenizer and TRL trainer for one run, built as its plan says."""
 
-    def __init__(self, base: BaseModel, config: TrainConfig, work: Path, quiet: bool) -> None:
+    def __init__(self, base: BaseModel, config: TrainConfig, plan: TrainPlan, work: Path, quiet: bool) -> None:
         from transformers import AutoTokenizer
 
-        self.base, self.config, self.work, self.quiet = base, config, work, quiet
+        self.base, self.config, self.plan, self.work, self.quiet = base, config, plan, work, quiet
         self.interrupted = False
         self.tokenizer = AutoTokenizer.from_pretrained(base.path)
         if self.tokenizer.pad_token is None:
@@ -143,7 +150,6 @@ class _Session:
 
     def trainer(self, train_samples: list, eval_samples: list) -> Any:
         import datasets
-        import torch
 
         datasets.disable_progress_bars()  # tokenizing and packing take a second; the training bar is ours
         # transformers 5 renames gradient_checkpointing; TRL still passes the old name. Nothing for users to act on.
@@ -154,13 +160,12 @@ class _Session:
 
         from llmclone.training.loss import CloneTrainer
 
-        config = self.config
-        liger = use_liger(config)  # before the slow part: a setting this machine cannot honour is refused first
+        config, plan = self.config, self.plan
         train_set = tokenized(train_samples, self.tokenizer, self.chat_format, config.max_length)
         eval_set = tokenized(eval_samples, self.tokenizer, self.chat_format, config.max_length) if eval_samples else None
         self.final_eval_set = eval_set
         if eval_set is not None:
-            periodic = periodic_eval_samples_for(config, len(eval_set))
+            periodic = min(plan.periodic_eval_samples or len(eval_set), len(eval_set))
             eval_set = eval_set.select(evenly_spaced(list(range(len(eval_set))), periodic))
             self.evaluation = {"every_steps": config.eval_steps, "periodic_samples": periodic,
                                "final_samples": len(self.final_eval_set)}
@@ -172,19 +177,15 @@ class _Session:
         if len(train_set) == 0:
             raise UserError("no training sample has an owner turn left after truncation; raise max_length.")
         self.token_ids = owner_tokens(train_set, owner_only=False).tolist()  # the llama.cpp engine's shortlist
-        model = load_base_model(self.base, config)
+        model = load_base_model(self.base, config, plan)
         vocab_size = model.config.get_text_config().vocab_size
-        sampled = loss_vocabulary_for(config, vocab_size) == "sampled"
-        cuda = torch.cuda.is_available()
-        precision = precision_for(config)
-        checkpointing = checkpointing_for(config, model)
-        offload = checkpointing == "offload" and cuda  # on a CPU the activations are in host memory already
+        checkpointing, offload = plan.checkpointing, plan.offload
         args = SFTConfig(
             output_dir=str(self.work / "checkpoints"),
             per_device_train_batch_size=1,
             per_device_eval_batch_size=1,
             gradient_accumulation_steps=config.gradient_accumulation,
-            max_length=batch_tokens_for(config),
+            max_length=plan.batch_tokens,
             packing=True,
             packing_strategy="bfd",
             padding_free=True,
@@ -194,10 +195,10 @@ class _Session:
             lr_scheduler_type=config.lr_scheduler,
             warmup_steps=config.warmup_ratio,
             weight_decay=config.weight_decay,
-            optim="paged_adamw_8bit" if config.quantize and cuda else "adamw_torch",
-            bf16=precision == "bf16",
-            fp16=precision == "fp16",
-            use_cpu=not cuda and precision == "bf16",  # transformers asks for it before it allows bf16 on a CPU
+            optim=plan.optimizer,
+            bf16=plan.precision == "bf16",
+            fp16=plan.precision == "fp16",
+            use_cpu=not plan.cuda and plan.precision == "bf16",  # transformers asks for it before bf16 on a CPU
             gradient_checkpointing=bool(checkpointing) and not offload,  # offloaded: switched on below
             gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing and not offload else None,
             eval_strategy="steps" if eval_set is not None else "no",
@@ -212,7 +213,7 @@ class _Session:
             report_to="none",
             disable_tqdm=True,
             dataloader_num_workers=0,
-            dataloader_pin_memory=cuda,
+            dataloader_pin_memory=plan.cuda,
             ddp_find_unused_parameters=False,
         )
         if args.n_gpu > 1 and args.world_size == 1:
@@ -238,102 +239,38 @@ class _Session:
                 raise UserError(f"target_modules {config.target_modules} do not exist in this model; use names of "
                                 "its linear layers or 'all-linear'.") from None
             raise
-        if sampled:  # uniform until the first micro-batch gives the base model's marginal (CloneTrainer)
+        if plan.loss_vocabulary == "sampled":  # uniform until the first micro-batch gives the base model's marginal
             from llmclone.training.loss import SampledVocabulary
 
             self._trainer.sampled_vocabulary = SampledVocabulary(owner_tokens(train_set), vocab_size)
-        self._trainer.wants_marginal = sampled or vocab_size >= SAMPLED_VOCABULARY_MIN
+        self._trainer.wants_marginal = plan.record_marginal
+        self._trainer.chunked_loss = plan.chunked_loss
         _trained_in_fp32(self._trainer.model)  # an fp16 grad scaler unscales fp32 gradients only
-        from llmclone.training.lora_dropout import fold_dropout
+        if plan.fold_dropout:
+            from llmclone.training.lora_dropout import fold_dropout
 
-        fold_dropout(self._trainer.model)  # before DDP wraps it: less saved for backward, same LoRA
+            fold_dropout(self._trainer.model, plan.cpu_masks)  # before DDP wraps it: less saved for backward
         if offload:
             from llmclone.training.offload import Offloader, enable
 
             enable(self._trainer.model, Offloader())
-        if liger:
+        if plan.kernels == "liger":
             from llmclone.models import fused_kernels
 
             fused_kernels.apply(self._trainer.model)
         return self._trainer
 
 
-def checkpointing_for(config: TrainConfig, model: Any) -> bool | str:
-    """Gradient checkpointing: False, True or "offload" (see the setting's comment for "auto")."""
-    import torch
-
-    if config.gradient_checkpointing != "auto":
-        return config.gradient_checkpointing
-    if not torch.cuda.is_available():
-        return False  # memory is rarely what limits a CPU run; recomputing would cost a third more time
-    # Pays where memory is what limits: QLoRA (chosen to fit a card) and big models. A 7B model without it holds
-    # ~70 GiB of activations for an 8k-token micro-step; with it, the 32 layer inputs (2 GiB) go to host memory.
-    big = _param_bytes(model) > 0.4 * torch.cuda.get_device_properties(0).total_memory
-    return "offload" if config.quantize is not None or big else False
-
-
-def precision_for(config: TrainConfig) -> str:
-    """"bf16", "fp16" or "fp32", decided by models/runtime.py (see the setting's comment for "auto"). In bf16 and
-    fp16 the frozen weights are loaded in that precision and the trained ones kept in fp32."""
-    from llmclone.models import runtime
-
-    found = runtime.machine(memory=False)
-    return runtime.precision_for(found, runtime.device_for(found, "auto"), config.precision)
-
-
-SAMPLED_VOCABULARY_MIN = 65536
-LIKELY_TOKENS = 32768  # the base model's most likely tokens at the owner's turns, recorded for the shortlist
-
-
-def loss_vocabulary_for(config: TrainConfig, vocab_size: int) -> str:
-    """The training softmax: "full" or "sampled" (see the setting's comment for "auto")."""
-    import torch
-
-    if config.loss_vocabulary != "auto":
-        return config.loss_vocabulary
-    # On a GPU the output layer is a small part of a step; on a CPU a large one is most of it.
-    return "sampled" if not torch.cuda.is_available() and vocab_size >= SAMPLED_VOCABULARY_MIN else "full"
-
-
-CPU_PERIODIC_EVAL_SAMPLES = 48
-
-
-def periodic_eval_samples_for(config: TrainConfig, held_out: int) -> int:
-    """How many of the held-out samples each evaluation during training uses (see the setting's comment)."""
-    import torch
-
-    wanted = config.periodic_eval_samples
-    if wanted == "auto":
-        wanted = held_out if torch.cuda.is_available() else CPU_PERIODIC_EVAL_SAMPLES
-    return min(int(wanted), held_out)
-
-
-def use_liger(config: TrainConfig) -> bool:
-    """Whether to fuse RMSNorm, SwiGLU and RoPE with Liger's Triton kernels (GPU only; +12% on a 7B QLoRA step)."""
-    import importlib.util
-
-    import torch
-
-    available = torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None
-    if config.kernels == "liger" and not available:
-        raise UserError("kernels = 'liger' needs a CUDA GPU and liger-kernel (pip install 'llmclone[gpu]'); "
-                        "use 'auto' or 'none'.")
-    return available and config.kernels != "none"
-
-
-def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
+def load_base_model(base: BaseModel, config: TrainConfig, plan: TrainPlan) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
     from llmclone.training import attention
 
-    cuda = torch.cuda.is_available()
-    precision = precision_for(config)
-    kwargs: dict[str, Any] = {"dtype": {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)}
-    implementation = config.attention
-    if implementation == "auto":  # per-sample attention, except on GPUs without Flash Attention (many launches)
-        implementation = "varlen" if attention.flash_available() or not cuda else "sdpa"
-    kwargs["attn_implementation"] = attention.register() if implementation == "varlen" else implementation
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision, torch.float32)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs["attn_implementation"] = (attention.register(plan.varlen_kernel) if plan.attention == "varlen"
+                                     else plan.attention)
     if config.quantize == "4bit":
         try:
             import bitsandbytes  # noqa: F401
@@ -344,7 +281,7 @@ def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=kwargs["dtype"],
         )
-        if cuda:
+        if plan.cuda:
             kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
         model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
@@ -354,7 +291,7 @@ def load_base_model(base: BaseModel, config: TrainConfig) -> Any:
     # output layer and norms of a bf16 model to fp32 (~1 GiB more on a 7B model) for no gain with frozen weights.
     for param in model.parameters():
         param.requires_grad = False
-    if config.quantize == "4bit" and not cuda:
+    if config.quantize == "4bit" and not plan.cuda:
         _keep_4bit_layers_trainable(model)
     model.config.use_cache = False
     return model
@@ -374,17 +311,13 @@ def _trained_in_fp32(model: Any) -> None:
 def _keep_4bit_layers_trainable(model: Any) -> None:
     """On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit layer for its bf16 inference kernel at the
     first no-grad forward (our evaluation at the start of training), and the repacked layer then passes no
-    gradient to its input in training (checked on an AMD EPYC: input grad None), so the LoRA layers below it
+    gradient to its input in training (its input's grad is None: benchmarks/NOTES.md), so the LoRA layers below it
     would train on a cut graph; it also fails on layers narrower than the 64-value quantization block."""
     from bitsandbytes.nn import Linear4bit
 
     for module in model.modules():
         if isinstance(module, Linear4bit):
             module.support_avx512bf16_for_cpu = False
-
-
-def _param_bytes(model: Any) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def _latest_checkpoint(work: Path) -> str | None:
@@ -400,15 +333,14 @@ def _config_key(config: TrainConfig, stats: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _manifest(base: BaseModel, chat_format: ChatFormat, stats: dict[str, Any], dataset_dir: Path,
-              config: TrainConfig, trainer: Any, final_eval: dict[str, float], seconds: float,
-              evaluation: dict[str, int]) -> dict[str, Any]:
+def _manifest(base: BaseModel, session: TrainingSession, stats: dict[str, Any], dataset_dir: Path,
+              config: TrainConfig, trainer: Any, final_eval: dict[str, float], seconds: float) -> dict[str, Any]:
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "base_model": base.to_json(),
-        "chat_format": chat_format.to_json(),
+        "chat_format": session.chat_format.to_json(),
         "owner": stats.get("owner", {}),
         "dataset": {
             "name": dataset_dir.name,
@@ -416,7 +348,8 @@ def _manifest(base: BaseModel, chat_format: ChatFormat, stats: dict[str, Any], d
             "samples": stats.get("samples"),
             "tokens_estimated": stats.get("tokens_estimated"),
         },
-        "training": config.model_dump(),
+        "training": config.model_dump(),  # as given ("auto" included); what ran is the plan
+        "plan": session.plan.to_json(),
         "metrics": {
             "steps": trainer.state.global_step,
             # the last logged loss; a run shorter than the logging interval has only the trainer's summary
@@ -426,7 +359,7 @@ def _manifest(base: BaseModel, chat_format: ChatFormat, stats: dict[str, Any], d
             "train_tokens": int(max((h.get("num_tokens", 0) for h in history), default=0)) or None,
             "seconds": round(seconds, 1),
         },
-        "evaluation": evaluation,
+        "evaluation": session.evaluation,
         "versions": library_versions(),
     }
 
@@ -464,7 +397,7 @@ def plot_losses(metrics: Path, out: Path) -> None:
 class _CtrlC:
     """Ctrl-C asks the trainer to save and stop at the end of the current step (a second one aborts)."""
 
-    def __init__(self, session: _Session) -> None:
+    def __init__(self, session: TrainingSession) -> None:
         self.session = session
 
     def __enter__(self) -> None:
