@@ -9,6 +9,8 @@ counts are realistic. Variants, each seeing about `--tokens` real (non-padding) 
 - original: HF Trainer + DataCollatorForLanguageModeling (padding), max_length 256, batch 4 x accumulation
   4, bitsandbytes NF4 + double quant, LoRA r8/alpha32 on q/k/v/o, gradient checkpointing, paged AdamW 8-bit,
   bf16;
+- unsloth: Unsloth's FastLanguageModel QLoRA (its own kernels, gradient checkpointing and patches) through
+  TRL's SFTTrainer with packing, on the same samples, micro-step size, LoRA settings and steps as ours;
 - ours-qlora / ours-lora: `llmclone train` defaults with --quantize 4bit / without; `--batch-tokens`,
   `--attention sdpa`, `--plain-loss` (full logits at the owner positions), `--kernels none`,
   `--checkpointing true` (layer inputs kept on the GPU, not offloaded) and `--unfolded-dropout` (peft's LoRA
@@ -147,6 +149,48 @@ def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_to
     return result
 
 
+def run_unsloth(model_path: Path, data: Path, tokens: int) -> dict:
+    """Unsloth's QLoRA as its docs set it up: FastLanguageModel in 4-bit, its LoRA (the same r8/alpha32 on
+    q/k/v/o), its gradient checkpointing, TRL's SFTTrainer with packing. The same samples as ours (the owner's
+    turns, loss on them only), the same tokens per micro-step and optimizer steps."""
+    import unsloth  # noqa: F401  (first: it patches transformers, peft and trl as it loads)
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+    from unsloth import FastLanguageModel
+
+    from llmclone.config import TrainConfig
+    from llmclone.models.chat_format import ChatFormat
+    from llmclone.training.data import tokenized, training_samples
+
+    batch_tokens = 8192
+    config = TrainConfig(model=str(model_path), quantize="4bit", batch_tokens=batch_tokens)
+    samples, _ = training_samples(data, config)
+    hf_tokenizer = AutoTokenizer.from_pretrained(model_path)
+    dataset = tokenized(samples, hf_tokenizer, ChatFormat.for_tokenizer(hf_tokenizer), config.max_length)
+    dataset = dataset.rename_column("assistant_masks", "completion_mask")  # TRL: loss on the owner's tokens only
+    model, tokenizer = FastLanguageModel.from_pretrained(str(model_path), max_seq_length=batch_tokens,
+                                                         load_in_4bit=True, dtype=torch.bfloat16)
+    model = FastLanguageModel.get_peft_model(model, r=config.lora_r, lora_alpha=config.lora_alpha,
+                                             lora_dropout=config.lora_dropout, target_modules=config.target_modules,
+                                             use_gradient_checkpointing="unsloth", random_state=config.seed)
+    args = SFTConfig(output_dir="/tmp/unsloth", per_device_train_batch_size=1, gradient_accumulation_steps=1,
+                     max_length=batch_tokens, packing=True, padding_free=True, completion_only_loss=True,
+                     max_steps=max(3, tokens // batch_tokens), learning_rate=config.learning_rate,
+                     lr_scheduler_type=config.lr_scheduler, logging_steps=1, save_strategy="no", report_to="none",
+                     seed=config.seed, bf16=True, optim="adamw_8bit", disable_tqdm=True,
+                     include_num_input_tokens_seen="non_padding")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    timer = _Timer()
+    trainer.add_callback(timer.callback)
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    result = timer.result(trainer.state.num_input_tokens_seen, losses)  # the trainer's own count, per step
+    result["losses"] = [round(x, 4) for x in losses]
+    result["versions"] = {m: __import__(m).__version__ for m in ("unsloth", "transformers", "trl", "peft")}
+    return result
+
+
 class _Timer:
     """Times training from the end of the first optimizer step (warm-up, compilation) to the end."""
 
@@ -179,7 +223,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--arch", choices=sorted(ARCHS), default="mistral7b")
     parser.add_argument("--tokens", type=int, default=60000)
-    parser.add_argument("--variant", choices=["original", "ours-qlora", "ours-lora"])
+    parser.add_argument("--variant", choices=["original", "ours-qlora", "ours-lora", "unsloth"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/train_gpu"))
     parser.add_argument("--batch-tokens", default="auto", help="ours: tokens per micro-step (default: the trainer's)")
     parser.add_argument("--attention", default="auto", help="ours: auto, varlen, sdpa")
@@ -192,6 +236,8 @@ def main() -> None:
     if args.variant:
         if args.variant == "original":
             result = run_original(path, args.data, args.tokens)
+        elif args.variant == "unsloth":
+            result = run_unsloth(path, args.data, args.tokens)
         else:
             result = run_ours(path, args.data, args.tokens, quantize=args.variant == "ours-qlora",
                               batch_tokens=args.batch_tokens, attention=args.attention, plain_loss=args.plain_loss,

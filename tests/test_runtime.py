@@ -97,3 +97,19 @@ def test_model_size_reads_headers(tiny_model: Path) -> None:
     assert size.kv_bytes_per_token == 2 * 2 * 1 * 16 * 2  # layers x (k, v) x kv heads x head_dim x bf16
     assert size.weight_bytes("fp32", False) == 4 * sum(p.numel() for p in model.parameters())
     del torch
+
+
+def test_a_clone_larger_than_one_gpu_is_split_across_them() -> None:
+    """When the weights fit no single GPU (4-bit included) but the host's GPUs together: split (device_map);
+    one GPU named, or too large for all: the memory sentence, as before."""
+    small = Gpu(0, "RTX 4090", (8, 9), 23 * GiB, 24 * GiB)
+    pair = Machine((small, Gpu(1, "RTX 4090", (8, 9), 23 * GiB, 24 * GiB)))
+    split = plan(pair, QWEN_14B, load="bf16")  # ~30 GB of bf16 weights: neither card alone
+    assert (split.gpus, split.device, split.four_bit) == (2, "cuda:0", False)
+    assert "2 GPUs" in split.describe() and split.to_json()["gpus"] == 2
+    assert plan(pair, QWEN_14B).gpus == 1  # auto: 4-bit on one card comes first
+    assert plan(Machine((H200, H200)), QWEN_14B, load="bf16").gpus == 1  # fits one: not split
+    with pytest.raises(UserError, match="the GPU cuda:1 has"):
+        plan(pair, QWEN_14B, load="bf16", device="cuda:1")
+    with pytest.raises(UserError, match="needs ~"):
+        plan(Machine((T4, Gpu(1, "Tesla T4", (7, 5), 15 * GiB, 16 * GiB))), QWEN_14B, load="fp16")

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -358,3 +359,78 @@ def test_zero_steps_refused_and_a_short_run_reports_its_loss(tiny_model: Path, e
         max_eval_samples=4), quiet=True)
     loss = manifest["metrics"]["train_loss"]
     assert isinstance(loss, float) and loss == loss and loss > 0  # one step, logged every 5: the summary's loss
+
+
+def _train_cli(args: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    command = [*(launcher or [sys.executable]), "-m", "llmclone", "train", *args, "--quiet"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+
+
+def test_fsdp_on_two_processes_follows_one_process(tiny_model: Path, example_dataset: Path, tmp_path: Path) -> None:
+    """FSDP2 across two CPU processes (gloo) trains as one process does on the same global batch (two packed
+    rows per step: one each, or two micro-steps in one): the same loss curve to noise, one clone written,
+    the plan recording what ran; --shard on one process is one sentence."""
+    import sys
+
+    settings = (f'[train]\nmodel = "{tiny_model}"\nmax_steps = 6\nbatch_tokens = 512\nmax_length = 256\n'
+                'learning_rate = 5e-3\nlora_dropout = 0.0\nlogging_steps = 1\neval_steps = 1000000\n'
+                'max_eval_samples = 4\n')
+    (tmp_path / "one.toml").write_text(settings + "gradient_accumulation = 2\n")
+    (tmp_path / "two.toml").write_text(settings)
+    one = _train_cli([str(example_dataset), "--out", str(tmp_path / "one"), "--config", str(tmp_path / "one.toml")])
+    assert one.returncode == 0, one.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    two = _train_cli([str(example_dataset), "--out", str(tmp_path / "two"), "--config", str(tmp_path / "two.toml"),
+                      "--shard"], torchrun)
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    def curve(clone: Path) -> list[float]:
+        rows = [json.loads(line) for line in (clone / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "loss" in r]
+
+    alone, sharded = curve(tmp_path / "one"), curve(tmp_path / "two")
+    assert len(alone) == len(sharded) == 6 and alone[-1] < alone[0]
+    assert sharded == pytest.approx(alone, rel=2e-3)  # the same steps on the same rows; float sums differ
+    manifest = json.loads((tmp_path / "two" / "clone.json").read_text())
+    assert (manifest["plan"]["sharding"], manifest["plan"]["processes"], manifest["plan"]["chunked_loss"]) == (
+        "fsdp", 2, False)
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()  # the same adapters, gathered whole from the shards
+    assert max(float((a[k] - b[k]).norm() / a[k].norm()) for k in a if a[k].norm() > 0) < 0.05
+    alone_process = _train_cli([str(example_dataset), "--out", str(tmp_path / "three"), "--config",
+                                str(tmp_path / "two.toml"), "--shard"])
+    assert alone_process.returncode == 2 and "one" in alone_process.stderr and "Traceback" not in alone_process.stderr
+    assert not (tmp_path / "three").exists() and not (tmp_path / ".three.partial").exists()
+
+
+def test_sharding_decisions_and_refusals(tiny_model: Path, example_dataset: Path, tmp_path: Path) -> None:
+    """auto shards what outgrows one GPU but fits the host's together; too large for all is one sentence
+    saying how much is needed; a sharded checkpoint resumes only on as many processes."""
+    from llmclone.training import trainer as trainer_module
+    from llmclone.training.plan import sharding_for
+
+    gib = 2**30
+    auto, shard = TrainConfig(), TrainConfig(sharding="fsdp")
+    assert sharding_for(auto, 2, True, 30 * gib, 80 * gib) == "none"  # fits one card: DDP
+    assert sharding_for(auto, 2, True, 70 * gib, 80 * gib) == "fsdp"  # 70 GiB of weights on two 80 GiB cards
+    assert sharding_for(auto, 1, True, 70 * gib, 80 * gib) == "none" and sharding_for(auto, 2, False, 70 * gib, 0) == "none"
+    assert sharding_for(shard, 2, True, 1 * gib, 80 * gib) == "fsdp" and sharding_for(shard, 2, False, 0, 0) == "fsdp"
+    with pytest.raises(UserError, match=r"need ~140 GiB.*~233 GiB of GPU memory in all"):
+        sharding_for(shard, 2, True, 140 * gib, 80 * gib)
+    with pytest.raises(UserError, match="this run has one"):
+        sharding_for(shard, 1, True, 1 * gib, 80 * gib)
+
+    config = tiny_config(tiny_model)
+    stats = json.loads((example_dataset / "stats.json").read_text())
+    work = tmp_path / ".clone.partial"
+    (work / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (work / "run.json").write_text(json.dumps({"config_key": trainer_module._config_key(config, stats),
+                                               "plan": {"sharding": "fsdp", "processes": 2}}))
+    with pytest.raises(UserError, match="sharded across 2 processes and this run has 1"):
+        train(example_dataset, tmp_path / "clone", config, resume=True)

@@ -82,6 +82,7 @@ def train(
     model: Annotated[str | None, typer.Option(help="Base model: 'embedded' (default, offline), a local checkpoint directory, a .gguf file, or a hub id.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML file with training settings (flags override it).")] = None,
     quantize: Annotated[str | None, typer.Option(help="'4bit' for QLoRA (bitsandbytes NF4 + double quantisation).")] = None,
+    shard: Annotated[bool, typer.Option("--shard", help="Shard the model across the GPUs of `accelerate launch` / torchrun (FSDP), for a base larger than one GPU.")] = False,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps (overrides --epochs).")] = None,
     epochs: Annotated[float | None, typer.Option(help="Passes over the training samples.")] = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
@@ -101,7 +102,8 @@ def train(
 
     overrides = {"model": model, "quantize": quantize, "max_steps": max_steps, "epochs": epochs, "lora_r": lora_r,
                  "lora_alpha": lora_alpha, "learning_rate": learning_rate, "batch_tokens": batch_tokens, "seed": seed,
-                 "persona": persona, "target_modules": "all-linear" if all_linear else None}
+                 "persona": persona, "target_modules": "all-linear" if all_linear else None,
+                 "sharding": "fsdp" if shard else None}
     settings = load_config(config, overrides)
     if print_config:
         from llmclone.config import settings_toml

@@ -113,8 +113,8 @@ class LLMClone:
             chosen = replace(chosen, merge=False)
         self.tokenizer = AutoTokenizer.from_pretrained(base.path)
         kwargs: dict[str, Any] = {"dtype": chosen.torch_dtype()}
-        if chosen.cuda:
-            kwargs["device_map"] = {"": chosen.device}
+        if chosen.cuda:  # split across the GPUs by accelerate when it fits none alone
+            kwargs["device_map"] = "auto" if chosen.gpus > 1 else {"": chosen.device}
         if chosen.four_bit:
             from transformers import BitsAndBytesConfig
 
@@ -131,7 +131,9 @@ class LLMClone:
 
             fused_kernels.apply(model)
         self.model, self.runtime = model.eval(), chosen
-        self.engine = TorchEngine(self.model, self.tokenizer, chosen.device, context_tokens=CONTEXT_TOKENS)
+        # CUDA graphs capture one device's kernels: a model split across GPUs decodes without them
+        self.engine = TorchEngine(self.model, self.tokenizer, chosen.device, context_tokens=CONTEXT_TOKENS,
+                                  graphs=False if chosen.gpus > 1 else None)
 
     def add_adapters(self, path: str | Path) -> None:
         """Put a trained LoRA adapter (a directory with adapter_config.json) on the base model."""

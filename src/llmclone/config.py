@@ -29,6 +29,11 @@ class TrainConfig(BaseModel):
     # and the languages their turns are in (training/persona.py); "none": no system prompt; else the text itself
     persona: str = Field("auto", min_length=1)
     quantize: Literal["4bit"] | None = None
+    # "fsdp": the base model's weights (4-bit with QLoRA) and the adapters sharded across the processes of
+    # `accelerate launch` / `torchrun` (PyTorch FSDP2), for a model larger than one GPU; "none": each process
+    # holds the whole model (DDP); "auto": fsdp when the model does not fit one of the host's GPUs but fits
+    # them together
+    sharding: Literal["auto", "none", "fsdp"] = "auto"
     # LoRA (defaults: the original library's r=8, alpha=32, dropout 0.05 on q/k/v/o)
     lora_r: int = Field(8, ge=1, le=1024)
     lora_alpha: float = Field(32, gt=0)

@@ -72,6 +72,7 @@ class Runtime:
     available_bytes: int = 0
     kernels: str = "none"  # "liger": Liger's fused RMSNorm, RoPE and SwiGLU Triton kernels (models/fused_kernels.py)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    gpus: int = 1  # >1: the layers split across that many GPUs (device_map), for a clone larger than one
 
     @property
     def cuda(self) -> bool:
@@ -86,16 +87,18 @@ class Runtime:
         weights = "base in 4-bit NF4, adapter kept apart" if self.four_bit else (
             "adapter merged" if self.merge else "adapter kept apart")
         where = "GPU" if self.cuda else "CPU"
-        text = f"running on {self.device} in {self.dtype} ({weights})"
+        where_runs = f"{self.gpus} GPUs ({self.device} first)" if self.gpus > 1 else self.device
+        text = f"running on {where_runs} in {self.dtype} ({weights})"
         if self.kernels == "liger":
             text += " with Liger's fused kernels"
         if self.needed_bytes:
-            text += f"; needs ~{self.needed_bytes / GiB:.1f} GiB of the {where}'s {self.available_bytes / GiB:.1f} GiB free"
+            where = f"{self.gpus} GPUs'" if self.gpus > 1 else f"{where}'s"
+            text += f"; needs ~{self.needed_bytes / GiB:.1f} GiB of the {where} {self.available_bytes / GiB:.1f} GiB free"
         return ". ".join([text, *self.notes])
 
     def to_json(self) -> dict[str, Any]:
         return {"device": self.device, "dtype": self.dtype, "four_bit": self.four_bit, "merge": self.merge,
-                "kernels": self.kernels, "needed_gib": round(self.needed_bytes / GiB, 2),
+                "kernels": self.kernels, "gpus": self.gpus, "needed_gib": round(self.needed_bytes / GiB, 2),
                 "available_gib": round(self.available_bytes / GiB, 2)}
 
 
@@ -217,6 +220,13 @@ def plan(found: Machine, size: ModelSize | None, device: str = "auto", load: str
     if four:
         _require_bitsandbytes()
     needed = need(four)
+    gpus = 1
+    if size is not None and free and needed > free and cuda and device in ("auto", "cuda") and len(found.gpus) > 1:
+        together = sum(g.free_bytes for g in found.gpus)  # each GPU keeps its own reserve
+        if needed + RESERVE_BYTES * (len(found.gpus) - 1) <= together:
+            gpus, free = len(found.gpus), together
+            notes.append(f"too large for one GPU: its layers are split across the {gpus} GPUs, and each token "
+                         "passes through them in turn")
     if size is not None and free and needed > free:
         where = f"the GPU {dev} has" if cuda else "this machine has"
         fix = ("use --load 4bit" if cuda and not four else
@@ -230,7 +240,7 @@ def plan(found: Machine, size: ModelSize | None, device: str = "auto", load: str
                         "use kernels auto or none.")
     fused = "liger" if kernels != "none" and cuda and found.liger else "none"
     return Runtime(dev, dtype, four, merge=not four, needed_bytes=needed, available_bytes=free, kernels=fused,
-                   notes=tuple(notes))
+                   notes=tuple(notes), gpus=gpus)
 
 
 def _require_bitsandbytes() -> None:

@@ -7,7 +7,8 @@ that wants a path this machine would not choose passes `dataclasses.replace(plan
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from llmclone.config import TrainConfig
@@ -18,6 +19,7 @@ from llmclone.models.base_models import BaseModel
 CPU_BATCH_TOKENS, GPU_BATCH_TOKENS = 1024, 8192
 SAMPLED_VOCABULARY_MIN = 65536  # from here on the output layer is most of a CPU step
 CPU_PERIODIC_EVAL_SAMPLES = 48
+SHARDED_WEIGHT_SHARE = 0.6  # of a GPU's memory for weights; the rest: activations, adapters, optimizer, buffers
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class TrainPlan:
     cpu_masks: Literal["pcg64", "torch"]  # the dropout masks on a CPU: PCG64, or the GPU path's generator replay
     optimizer: str
     periodic_eval_samples: int | None  # held-out samples per evaluation during training; None: all
+    sharding: Literal["none", "fsdp"] = "none"
+    processes: int = 1  # of accelerate launch / torchrun (WORLD_SIZE)
 
     @property
     def cuda(self) -> bool:
@@ -55,16 +59,27 @@ def plan_for(config: TrainConfig, base: BaseModel, found: runtime.Machine | None
     device = runtime.device_for(found, "auto")
     cuda = device.startswith("cuda")
     precision = runtime.precision_for(found, device, config.precision)
-    vocab_size, param_count = _model_facts(base, with_params=cuda and config.gradient_checkpointing == "auto"
-                                           and config.quantize is None)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    vocab_size, param_count = _model_facts(base, with_params=cuda and (
+        (config.gradient_checkpointing == "auto" and config.quantize is None)
+        or (config.sharding != "none" and processes > 1)))
+    per = runtime.NF4_BYTES_PER_PARAM if config.quantize else runtime.DTYPE_BYTES[precision]
+    gpu_bytes = found.gpus[0].total_bytes if found.gpus else 0
+    sharding = sharding_for(config, processes, cuda, int(param_count * per), gpu_bytes)
     loss_vocabulary = loss_vocabulary_for(config, vocab_size, cuda)
+    plan = replace(_plan(config, found, cuda, precision, vocab_size, param_count, loss_vocabulary, gpu_bytes),
+                   processes=processes)
+    return _sharded(config, plan) if sharding == "fsdp" else plan
+
+
+def _plan(config: TrainConfig, found: runtime.Machine, cuda: bool, precision: str, vocab_size: int,
+          param_count: int, loss_vocabulary: Literal["full", "sampled"], gpu_bytes: int) -> TrainPlan:
     return TrainPlan(
         device="cuda" if cuda else "cpu",
         precision=precision,  # type: ignore[arg-type]
         attention=attention_for(config, cuda, _flash_available()),
         varlen_kernel="flash" if cuda and _flash_available() else "per_sample",
-        checkpointing=checkpointing_for(config, cuda, param_count * runtime.DTYPE_BYTES[precision],
-                                        found.gpus[0].total_bytes if found.gpus else 0),
+        checkpointing=checkpointing_for(config, cuda, param_count * runtime.DTYPE_BYTES[precision], gpu_bytes),
         kernels=kernels_for(config, cuda and found.liger),
         loss_vocabulary=loss_vocabulary,
         chunked_loss=True,
@@ -76,6 +91,38 @@ def plan_for(config: TrainConfig, base: BaseModel, found: runtime.Machine | None
         optimizer="paged_adamw_8bit" if config.quantize and cuda else "adamw_torch",
         periodic_eval_samples=periodic_eval_samples_for(config, cuda),
     )
+
+
+def sharding_for(config: TrainConfig, processes: int, cuda: bool, weight_bytes: int, gpu_bytes: int
+                 ) -> Literal["none", "fsdp"]:
+    """FSDP across the processes when asked, or ("auto") when the weights outgrow one GPU but not all of them."""
+    if config.sharding == "fsdp" and processes < 2:
+        raise UserError("sharding = 'fsdp' (--shard) splits the model across the processes of a multi-process "
+                        "launch, and this run has one: run it as `accelerate launch --num_processes N -m llmclone "
+                        "train ...` (or torchrun), or leave --shard out.")
+    if config.sharding == "none" or not cuda or processes < 2 or not weight_bytes:
+        return "fsdp" if config.sharding == "fsdp" else "none"
+    usable = SHARDED_WEIGHT_SHARE * gpu_bytes
+    if weight_bytes > usable * processes:
+        raise UserError(f"the base model's weights need ~{weight_bytes / runtime.GiB:.0f} GiB, more than "
+                        f"{processes} GPUs of {gpu_bytes / runtime.GiB:.0f} GiB can hold with room to train "
+                        f"(~{weight_bytes / SHARDED_WEIGHT_SHARE / runtime.GiB:.0f} GiB of GPU memory in all); use "
+                        "--quantize 4bit, more GPUs, or a smaller base model.")
+    return "fsdp" if config.sharding == "fsdp" or weight_bytes > usable else "none"
+
+
+def _sharded(config: TrainConfig, plan: TrainPlan) -> TrainPlan:
+    """The levers that compose with FSDP2 kept; those that read or park weights outside a layer's forward
+    (where FSDP holds only a shard) replaced: the chunked loss and the sampled softmax read the output layer's
+    weight after the forward (the full logits at the owner's positions instead), and layer-input offloading
+    becomes FSDP's own activation checkpointing."""
+    if config.loss_vocabulary == "sampled":
+        raise UserError("loss_vocabulary = 'sampled' reads the output layer outside its forward, which FSDP "
+                        "shards; use 'full' or 'auto' with --shard.")
+    checkpointing = bool(plan.checkpointing) if config.gradient_checkpointing == "auto" else \
+        bool(config.gradient_checkpointing)
+    return replace(plan, sharding="fsdp", chunked_loss=False, loss_vocabulary="full",
+                   checkpointing=checkpointing, optimizer="adamw_torch")
 
 
 def attention_for(config: TrainConfig, cuda: bool, flash: bool) -> Literal["varlen", "sdpa", "eager"]:

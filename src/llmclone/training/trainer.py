@@ -60,13 +60,18 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
     if resume:
         if not (work / "checkpoints").is_dir() or not list((work / "checkpoints").glob("checkpoint-*")):
             raise UserError(f"nothing to resume for {out}; start training without --resume.")
-        saved = json.loads((work / "run.json").read_text()).get("config_key")
-        if saved != config_key:
+        saved = json.loads((work / "run.json").read_text())
+        if saved.get("config_key") != config_key:
             raise UserError(f"the checkpoint in {work} was made with other settings or data; use the same "
                             "settings, or start again without --resume.")
     # every input is checked and the model resolved before the work directory exists: a mistake leaves nothing
     base = resolve(config.model)
     plan = plan or plan_for(config, base)
+    if resume:
+        ran = json.loads((work / "run.json").read_text()).get("plan") or {}
+        if ran.get("sharding") == "fsdp" and ran.get("processes") != plan.processes:
+            raise UserError(f"the checkpoint in {work} is sharded across {ran.get('processes')} processes and this "
+                            f"run has {plan.processes}; resume with --num_processes {ran.get('processes')}.")
     session = TrainingSession(base, config, plan, work, quiet)
     train_samples, eval_samples = training_samples(dataset_dir, config)
     own = read_samples(dataset_dir / "train.jsonl") if config.mix_data else train_samples  # not mixed-in data
@@ -111,11 +116,12 @@ def _train_and_save(session: TrainingSession, work: Path, dataset_dir: Path, out
     # once, on the whole held-out set (the evaluation at the last step is skipped: CtrlCStop)
     final_eval = trainer.evaluate(session.final_eval_set, metric_key_prefix="final_eval") if eval_samples else {}
     seconds = time.time() - started
-    if not trainer.is_world_process_zero():  # under DDP, one process writes the clone
+    adapter = _adapter_state(trainer.model) if session.plan.sharding == "fsdp" else None  # every process
+    if not trainer.is_world_process_zero():  # under DDP and FSDP, one process writes the clone
         return {}
 
     with atomic_dir(out, force=True, what="clone") as tmp:
-        trainer.model.save_pretrained(str(tmp / "adapter"))
+        trainer.model.save_pretrained(str(tmp / "adapter"), state_dict=adapter)
         shutil.copyfile(work / "metrics.jsonl", tmp / "metrics.jsonl")
         manifest = _manifest(base, session, stats, dataset_dir, config, trainer, final_eval, seconds)
         write_json(tmp / "clone.json", manifest)
@@ -179,7 +185,7 @@ class TrainingSession:
         self.token_ids = owner_tokens(train_set, owner_only=False).tolist()  # the llama.cpp engine's shortlist
         model = load_base_model(self.base, config, plan)
         vocab_size = model.config.get_text_config().vocab_size
-        checkpointing, offload = plan.checkpointing, plan.offload
+        checkpointing, offload, sharded = plan.checkpointing, plan.offload, plan.sharding == "fsdp"
         args = SFTConfig(
             output_dir=str(self.work / "checkpoints"),
             per_device_train_batch_size=1,
@@ -199,8 +205,11 @@ class TrainingSession:
             bf16=plan.precision == "bf16",
             fp16=plan.precision == "fp16",
             use_cpu=not plan.cuda and plan.precision == "bf16",  # transformers asks for it before bf16 on a CPU
-            gradient_checkpointing=bool(checkpointing) and not offload,  # offloaded: switched on below
+            # offloaded: switched on below; sharded: FSDP's own (fsdp_config)
+            gradient_checkpointing=bool(checkpointing) and not offload and not sharded,
             gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing and not offload else None,
+            fsdp="full_shard" if sharded else "",
+            fsdp_config=_fsdp_config(model, bool(checkpointing)) if sharded else None,
             eval_strategy="steps" if eval_set is not None else "no",
             eval_on_start=eval_set is not None,  # the base model's loss: where the curve starts
             eval_steps=config.eval_steps,
@@ -261,6 +270,14 @@ class TrainingSession:
         return self._trainer
 
 
+def _fsdp_config(model: Any, checkpointing: bool) -> dict[str, Any]:
+    """FSDP2 over the decoder layers (each its own shard group), activation checkpointing by FSDP, and
+    checkpoints saved sharded (each process its part) so a resume needs the same number of processes."""
+    return {"version": 2, "transformer_layer_cls_to_wrap": list(model._no_split_modules or []),
+            "activation_checkpointing": checkpointing, "state_dict_type": "SHARDED_STATE_DICT",
+            "reshard_after_forward": True}
+
+
 def load_base_model(base: BaseModel, config: TrainConfig, plan: TrainPlan) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
@@ -280,8 +297,10 @@ def load_base_model(base: BaseModel, config: TrainConfig, plan: TrainPlan) -> An
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=kwargs["dtype"],
+            # FSDP shards tensors of one dtype: the packed 4-bit values are stored in it (FSDP + QLoRA)
+            bnb_4bit_quant_storage=kwargs["dtype"] if plan.sharding == "fsdp" else torch.uint8,
         )
-        if plan.cuda:
+        if plan.cuda and plan.sharding != "fsdp":  # sharded: accelerate places each process's part
             kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
         model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
@@ -318,6 +337,13 @@ def _keep_4bit_layers_trainable(model: Any) -> None:
     for module in model.modules():
         if isinstance(module, Linear4bit):
             module.support_avx512bf16_for_cpu = False
+
+
+def _adapter_state(model: Any) -> dict[str, Any]:
+    """The trained (LoRA) tensors, whole: under FSDP each process holds a shard of each, and gathering them is a
+    collective every process joins. Only the adapters: the base weights are not part of a clone."""
+    return {name: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
+            for name, p in model.named_parameters() if p.requires_grad}
 
 
 def _latest_checkpoint(work: Path) -> str | None:
