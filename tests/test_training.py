@@ -382,7 +382,13 @@ def test_fsdp_on_two_processes_follows_one_process(tiny_model: Path, example_dat
     (tmp_path / "two.toml").write_text(settings)
     one = _train_cli([str(example_dataset), "--out", str(tmp_path / "one"), "--config", str(tmp_path / "one.toml")])
     assert one.returncode == 0, one.stderr[-3000:]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(port)]
     two = _train_cli([str(example_dataset), "--out", str(tmp_path / "two"), "--config", str(tmp_path / "two.toml"),
                       "--shard"], torchrun)
     assert two.returncode == 0, two.stderr[-3000:]
