@@ -1,6 +1,6 @@
 """GPU training throughput: `llmclone train` against the original article's recipe, same run, same card.
 
-    python benchmarks/train_gpu.py --data DATASET_DIR [--arch mistral7b|gemma270m] [--tokens 60000]
+    python benchmarks/train_gpu.py --data DATASET_DIR [--arch mistral7b|qwen14b|gemma270m] [--tokens 60000]
 
 The model is built from the real architecture's config with random weights (no weights can be downloaded;
 throughput does not depend on their values) and saved once, so every variant loads it the same way. A
@@ -37,6 +37,9 @@ ARCHS = {
                                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                                         max_position_embeddings=32768, rope_theta=10000.0, sliding_window=4096,
                                         tie_word_embeddings=False)),
+    "qwen14b": ("Qwen2Config", dict(vocab_size=152064, hidden_size=5120, intermediate_size=13824,
+                                    num_hidden_layers=48, num_attention_heads=40, num_key_value_heads=8,
+                                    max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=False)),
     "gemma270m": ("Gemma3TextConfig", dict(vocab_size=262144, hidden_size=640, intermediate_size=2048,
                                            num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1,
                                            head_dim=256, max_position_embeddings=32768, sliding_window=512)),
