@@ -11,6 +11,8 @@ counts are realistic. Variants, each seeing about `--tokens` real (non-padding) 
   bf16;
 - unsloth: Unsloth's FastLanguageModel QLoRA (its own kernels, gradient checkpointing and patches) through
   TRL's SFTTrainer with packing, on the same samples, micro-step size, LoRA settings and steps as ours;
+- trl: TRL's own SFTTrainer loss and activation offloading (with gradient checkpointing) on the same model,
+  samples, packing and steps: its levers where ours would be;
 - ours-qlora / ours-lora: `llmclone train` defaults with --quantize 4bit / without; `--batch-tokens`,
   `--attention sdpa`, `--plain-loss` (full logits at the owner positions), `--kernels none`,
   `--checkpointing true` (layer inputs kept on the GPU, not offloaded) and `--unfolded-dropout` (peft's LoRA
@@ -152,6 +154,50 @@ def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_to
     return result
 
 
+def run_trl(model_path: Path, data: Path, tokens: int) -> dict:
+    """TRL's own levers where ours would be: its SFTTrainer's loss (`loss_type="nll"`, which it now computes
+    the way its former chunked loss did) and its activation offloading with gradient checkpointing, on the
+    same 4-bit model, attention (our varlen), samples (owner-only loss), packing, micro-step size, LoRA and
+    steps as ours; peft's own LoRA dropout."""
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from llmclone.config import TrainConfig
+    from llmclone.models.chat_format import ChatFormat
+    from llmclone.training import attention
+    from llmclone.training.data import tokenized, training_samples
+
+    batch_tokens = 8192
+    config = TrainConfig(model=str(model_path), quantize="4bit", batch_tokens=batch_tokens)
+    samples, _ = training_samples(data, config)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    dataset = tokenized(samples, tokenizer, ChatFormat.for_tokenizer(tokenizer), config.max_length)
+    dataset = dataset.rename_column("assistant_masks", "completion_mask")
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=quant, dtype=torch.bfloat16,
+                                                 device_map={"": 0},
+                                                 attn_implementation=attention.register("flash"))  # ours, as ours
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.target_modules, task_type="CAUSAL_LM")
+    args = SFTConfig(output_dir="/tmp/trl", per_device_train_batch_size=1, max_length=batch_tokens, packing=True,
+                     padding_free=True, completion_only_loss=True, loss_type="nll", activation_offloading=True,
+                     gradient_checkpointing=True, max_steps=max(3, tokens // batch_tokens),
+                     learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler, logging_steps=1,
+                     save_strategy="no", report_to="none", seed=config.seed, bf16=True, optim="paged_adamw_8bit",
+                     disable_tqdm=True, include_num_input_tokens_seen="non_padding")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+    timer = _Timer()
+    trainer.add_callback(timer.callback)
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    result = timer.result(trainer.state.num_input_tokens_seen, losses)
+    result["losses"] = [round(x, 4) for x in losses]
+    return result
+
+
 def run_unsloth(model_path: Path, data: Path, tokens: int) -> dict:
     """Unsloth's QLoRA as its docs set it up: FastLanguageModel in 4-bit, its LoRA (the same r8/alpha32 on
     q/k/v/o), its gradient checkpointing, TRL's SFTTrainer with packing. The same samples as ours (the owner's
@@ -226,7 +272,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--arch", choices=sorted(ARCHS), default="mistral7b")
     parser.add_argument("--tokens", type=int, default=60000)
-    parser.add_argument("--variant", choices=["original", "ours-qlora", "ours-lora", "unsloth"])
+    parser.add_argument("--variant", choices=["original", "ours-qlora", "ours-lora", "unsloth", "trl"])
     parser.add_argument("--work", type=Path, default=Path("/tmp/train_gpu"))
     parser.add_argument("--batch-tokens", default="auto", help="ours: tokens per micro-step (default: the trainer's)")
     parser.add_argument("--attention", default="auto", help="ours: auto, varlen, sdpa")
@@ -241,6 +287,8 @@ def main() -> None:
             result = run_original(path, args.data, args.tokens)
         elif args.variant == "unsloth":
             result = run_unsloth(path, args.data, args.tokens)
+        elif args.variant == "trl":
+            result = run_trl(path, args.data, args.tokens)
         else:
             result = run_ours(path, args.data, args.tokens, quantize=args.variant == "ours-qlora",
                               batch_tokens=args.batch_tokens, attention=args.attention, plain_loss=args.plain_loss,
