@@ -30,6 +30,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -154,6 +155,22 @@ def run_ours(model_path: Path, data: Path, tokens: int, quantize: bool, batch_to
     return result
 
 
+def owner_dataset(model_path: Path, data: Path, batch_tokens: int) -> tuple[Any, Any]:
+    """Our settings and samples for the library variants: the owner's turns tokenized as ours are, with the
+    owner mask as TRL's `completion_mask` (loss on the owner's tokens only)."""
+    from transformers import AutoTokenizer
+
+    from llmclone.config import TrainConfig
+    from llmclone.models.chat_format import ChatFormat
+    from llmclone.training.data import tokenized, training_samples
+
+    config = TrainConfig(model=str(model_path), quantize="4bit", batch_tokens=batch_tokens)
+    samples, _ = training_samples(data, config)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    dataset = tokenized(samples, tokenizer, ChatFormat.for_tokenizer(tokenizer), config.max_length)
+    return config, dataset.rename_column("assistant_masks", "completion_mask")
+
+
 def run_trl(model_path: Path, data: Path, tokens: int) -> dict:
     """TRL's own levers where ours would be: its SFTTrainer's loss (`loss_type="nll"`, which it now computes
     the way its former chunked loss did) and its activation offloading with gradient checkpointing, on the
@@ -163,17 +180,11 @@ def run_trl(model_path: Path, data: Path, tokens: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
-    from llmclone.config import TrainConfig
-    from llmclone.models.chat_format import ChatFormat
     from llmclone.training import attention
-    from llmclone.training.data import tokenized, training_samples
 
     batch_tokens = 8192
-    config = TrainConfig(model=str(model_path), quantize="4bit", batch_tokens=batch_tokens)
-    samples, _ = training_samples(data, config)
+    config, dataset = owner_dataset(model_path, data, batch_tokens)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    dataset = tokenized(samples, tokenizer, ChatFormat.for_tokenizer(tokenizer), config.max_length)
-    dataset = dataset.rename_column("assistant_masks", "completion_mask")
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=quant, dtype=torch.bfloat16,
@@ -203,20 +214,11 @@ def run_unsloth(model_path: Path, data: Path, tokens: int) -> dict:
     q/k/v/o), its gradient checkpointing, TRL's SFTTrainer with packing. The same samples as ours (the owner's
     turns, loss on them only), the same tokens per micro-step and optimizer steps."""
     import unsloth  # noqa: F401  (first: it patches transformers, peft and trl as it loads)
-    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
     from unsloth import FastLanguageModel
 
-    from llmclone.config import TrainConfig
-    from llmclone.models.chat_format import ChatFormat
-    from llmclone.training.data import tokenized, training_samples
-
     batch_tokens = 8192
-    config = TrainConfig(model=str(model_path), quantize="4bit", batch_tokens=batch_tokens)
-    samples, _ = training_samples(data, config)
-    hf_tokenizer = AutoTokenizer.from_pretrained(model_path)
-    dataset = tokenized(samples, hf_tokenizer, ChatFormat.for_tokenizer(hf_tokenizer), config.max_length)
-    dataset = dataset.rename_column("assistant_masks", "completion_mask")  # TRL: loss on the owner's tokens only
+    config, dataset = owner_dataset(model_path, data, batch_tokens)
     model, tokenizer = FastLanguageModel.from_pretrained(str(model_path), max_seq_length=batch_tokens,
                                                          load_in_4bit=True, dtype=torch.bfloat16)
     model = FastLanguageModel.get_peft_model(model, r=config.lora_r, lora_alpha=config.lora_alpha,

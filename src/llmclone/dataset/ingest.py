@@ -315,7 +315,7 @@ _BATCH_BYTES = 1 << 20
 _worker_state: dict[str, Any] = {}
 
 
-def _parallel(export: Export, select: Callable[[str, int, str | None], str], tally: Tally,
+def _parallel(export: Export, select: Selector, tally: Tally,
               progress: Callable[[int], None], owner: OwnerResolver, maker: SampleMaker, spill: BinaryIO,
               workers: int, tmp: Path, segments: list[tuple[Path, int, int]]) -> None:
     """Parse chats and build their samples in worker processes, each writing its own spill file;

@@ -67,18 +67,12 @@ def plan_for(config: TrainConfig, base: BaseModel, found: runtime.Machine | None
     gpu_bytes = found.gpus[0].total_bytes if found.gpus else 0
     sharding = sharding_for(config, processes, cuda, int(param_count * per), gpu_bytes)
     loss_vocabulary = loss_vocabulary_for(config, vocab_size, cuda)
-    plan = replace(_plan(config, found, cuda, precision, vocab_size, param_count, loss_vocabulary, gpu_bytes),
-                   processes=processes)
-    return _sharded(config, plan) if sharding == "fsdp" else plan
-
-
-def _plan(config: TrainConfig, found: runtime.Machine, cuda: bool, precision: str, vocab_size: int,
-          param_count: int, loss_vocabulary: Literal["full", "sampled"], gpu_bytes: int) -> TrainPlan:
-    return TrainPlan(
+    flash = cuda and _flash_available()
+    plan = TrainPlan(
         device="cuda" if cuda else "cpu",
         precision=precision,  # type: ignore[arg-type]
-        attention=attention_for(config, cuda, _flash_available()),
-        varlen_kernel="flash" if cuda and _flash_available() else "per_sample",
+        attention=attention_for(config, cuda, flash),
+        varlen_kernel="flash" if flash else "per_sample",
         checkpointing=checkpointing_for(config, cuda, param_count * runtime.DTYPE_BYTES[precision], gpu_bytes),
         kernels=kernels_for(config, cuda and found.liger),
         loss_vocabulary=loss_vocabulary,
@@ -90,7 +84,9 @@ def _plan(config: TrainConfig, found: runtime.Machine, cuda: bool, precision: st
         cpu_masks="pcg64",
         optimizer="paged_adamw_8bit" if config.quantize and cuda else "adamw_torch",
         periodic_eval_samples=periodic_eval_samples_for(config, cuda),
+        processes=processes,
     )
+    return _sharded(config, plan) if sharding == "fsdp" else plan
 
 
 def sharding_for(config: TrainConfig, processes: int, cuda: bool, weight_bytes: int, gpu_bytes: int
@@ -119,10 +115,8 @@ def _sharded(config: TrainConfig, plan: TrainPlan) -> TrainPlan:
     if config.loss_vocabulary == "sampled":
         raise UserError("loss_vocabulary = 'sampled' reads the output layer outside its forward, which FSDP "
                         "shards; use 'full' or 'auto' with --shard.")
-    checkpointing = bool(plan.checkpointing) if config.gradient_checkpointing == "auto" else \
-        bool(config.gradient_checkpointing)
     return replace(plan, sharding="fsdp", chunked_loss=False, loss_vocabulary="full",
-                   checkpointing=checkpointing, optimizer="adamw_torch")
+                   checkpointing=bool(plan.checkpointing), optimizer="adamw_torch")
 
 
 def attention_for(config: TrainConfig, cuda: bool, flash: bool) -> Literal["varlen", "sdpa", "eager"]:

@@ -57,6 +57,7 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
     check_replaceable(out, force, "clone")
     work = partial_dir(out)
     config_key = _config_key(config, stats)
+    saved: dict[str, Any] = {}
     if resume:
         if not (work / "checkpoints").is_dir() or not list((work / "checkpoints").glob("checkpoint-*")):
             raise UserError(f"nothing to resume for {out}; start training without --resume.")
@@ -67,11 +68,10 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
     # every input is checked and the model resolved before the work directory exists: a mistake leaves nothing
     base = resolve(config.model)
     plan = plan or plan_for(config, base)
-    if resume:
-        ran = json.loads((work / "run.json").read_text()).get("plan") or {}
-        if ran.get("sharding") == "fsdp" and ran.get("processes") != plan.processes:
-            raise UserError(f"the checkpoint in {work} is sharded across {ran.get('processes')} processes and this "
-                            f"run has {plan.processes}; resume with --num_processes {ran.get('processes')}.")
+    ran = saved.get("plan") or {}
+    if resume and ran.get("sharding") == "fsdp" and ran.get("processes") != plan.processes:
+        raise UserError(f"the checkpoint in {work} is sharded across {ran.get('processes')} processes and this "
+                        f"run has {plan.processes}; resume with --num_processes {ran.get('processes')}.")
     session = TrainingSession(base, config, plan, work, quiet)
     train_samples, eval_samples = training_samples(dataset_dir, config)
     own = read_samples(dataset_dir / "train.jsonl") if config.mix_data else train_samples  # not mixed-in data
