@@ -144,7 +144,7 @@ def test_sigterm_on_ingest_stops_workers_and_leaves_nothing(tmp_path: Path) -> N
     assert children  # the worker processes
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
     time.sleep(0.5)
     alive = []
     for pid in children:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from llmclone import interrupts
 from llmclone.errors import UserError
 
 app = typer.Typer(
@@ -351,8 +351,7 @@ def eval_(
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user mistakes become one sentence on stderr and exit code 2."""
-    # SIGTERM stops a run as Ctrl-C does: temp files removed, workers shut down, training checkpointed
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupts.install()
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # a privacy tool reports nothing anywhere
     try:
         app(args=argv, prog_name="llmclone")

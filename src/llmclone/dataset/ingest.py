@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm import tqdm
 
+from llmclone import interrupts
 from llmclone.dataset.io import PRIVATE_FILE, atomic_dir, write_json
 from llmclone.dataset.privacy import Scrubber
 from llmclone.dataset.samples import SampleMaker
@@ -345,6 +346,7 @@ def _parallel(export: Export, select: Selector, tally: Tally,
         pending: deque[Future] = deque()
 
         def collect(future: Future) -> None:
+            interrupts.check()
             result = future.result()
             if result is None:  # a chat the fast path could not parse: read this file again, streaming
                 export.streaming = True
@@ -354,7 +356,9 @@ def _parallel(export: Export, select: Selector, tally: Tally,
             maker.merge(part)
 
         for batch in _batches(chain([first], items)):
-            pending.append(pool.submit(_samples_of_batch, batch))
+            with interrupts.deferred():  # the first submit starts the workers: never stop half-way through that
+                pending.append(pool.submit(_samples_of_batch, batch))
+            interrupts.check()
             while len(pending) >= 2 * workers:
                 collect(pending.popleft())
         while pending:
@@ -377,6 +381,7 @@ def _batches(items: Iterator[Any]) -> Iterator[list[RawChat]]:
 def _init_worker(options: IngestOptions, scrubber: Scrubber, owner_id: str, tmp: Path) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent cleans up; a worker just stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent handles it
+    interrupts.release()  # held while the pool started
     path = tmp / f"part-{os.getpid()}.spill"
     _worker_state.update(options=options, scrubber=scrubber, owner=owner_id, path=path, spill=open(path, "ab"))
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from llmclone import interrupts
 from llmclone.errors import UserError
 
 PRIVATE_DIR = 0o700
@@ -67,6 +68,7 @@ def atomic_dir(dest: str | Path, force: bool = False, what: str = "output") -> I
     try:
         with private_umask():
             yield tmp
+        interrupts.check()  # a stop asked for while the block ran leaves no result, even if its signal was lost
         os.chmod(tmp, PRIVATE_DIR)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
