@@ -135,6 +135,33 @@ def test_probe_finds_planted_pii_in_a_stub() -> None:
     assert {lang for _, p in PROMPTS for lang in ("ru" if any("а" <= c <= "я" for c in p) else "en",)} == {"ru", "en"}
 
 
+def test_probe_tells_a_value_from_the_owners_data_from_a_made_up_one(tmp_path: Path) -> None:
+    from conftest import OWNER, chat, full_export, msg, write
+
+    from llmclone.dataset.ingest import ingest
+    from llmclone.dataset.privacy import REDACTED_VALUES, RedactedValues
+
+    messages = [msg(1, 1_700_000_000, 7, "как с тобой связаться?"),
+                msg(2, 1_700_000_060, OWNER, "звони +7 912 345-67-89 или пиши olga.smirnova@example.org"),
+                msg(3, 1_700_000_120, 7, "ок"), msg(4, 1_700_000_180, OWNER, "жду")]
+    export = write(tmp_path / "e" / "result.json", full_export([chat(7, messages)]))
+    ingest([export], tmp_path / "ds", progress=False, workers=1)
+    stored = (tmp_path / "ds" / REDACTED_VALUES).read_bytes()
+    assert b"olga" not in stored and b"912" not in stored and (tmp_path / "ds" / REDACTED_VALUES).stat().st_mode & 0o077 == 0
+    digest = json.loads((tmp_path / "ds" / "stats.json").read_text())["dataset_digest"]
+    values = RedactedValues.load(tmp_path / "ds" / REDACTED_VALUES, digest)
+    assert values is not None and len(values.digests) == 2
+
+    def stub(history: list[dict[str, str]]) -> list[str]:  # the real number in another layout, a made-up address
+        return ["мой номер +7 (912) 345 67 89", "почта ivan.ivanov@example.com"]
+
+    found = [f for row in run_probe(stub, values=values)["answers"] for f in row["found"]]
+    assert {(f["kind"], f["in_owner_data"]) for f in found} == {("phone", True), ("email", False)}
+    result = run_probe(stub, values=values)
+    assert result["real_leaks"] == len(PROMPTS) and result["leaks"] == 2 * len(PROMPTS)
+    assert run_probe(stub)["real_leaks"] is None  # no dataset given: not known
+
+
 # -- the whole evaluation on a tiny clone ---------------------------------------------------------------
 
 
@@ -179,6 +206,14 @@ def test_report_for_a_tiny_clone(tiny_clone: Path, example_dataset: Path, tmp_pa
     floor = a["style_distance"]["floor"]
     assert floor["n"] == 6 and not floor["split_half"] and 0 <= floor["mean"] <= 1
     assert len(a["privacy_probe"]["answers"]) == len(PROMPTS)
+    assert isinstance(a["privacy_probe"]["real_leaks"], int)
+    cross = a["privacy_probe"]["cross_chat"]  # the tiny clone has a memory of the example's chats
+    assert cross["asked"] >= 2 and cross["foreign_lines_in_prompts"] == 0
+    assert a["context_gain"]["clone"] > 0 and a["context_gain"]["base"] > 0
+    memory = a["memory"]
+    assert memory["on"]["perplexity"] == a["perplexity"]["clone"] and memory["off"]["perplexity"] > 0
+    assert memory["exchanges"] == json.loads((tiny_clone / "clone.json").read_text())["memory"]["exchanges"]
+    assert isinstance(a["per_contact"], list)
     assert len(report["examples"]) == 6 and set(report["examples"][0]["clones"]) == {tiny_clone.name, "second"}
 
     page = _Html()

@@ -90,7 +90,8 @@ def test_parallel_run_leaves_no_spill_file_when_one_batch_holds_everything(tmp_p
     monkeypatch.setattr(ingest_module, "_PARALLEL_MIN_BYTES", 0)  # one batch, two workers: one never gets work
     export = write(tmp_path / "r.json", full_export([chat(7, dialogue(7, 30))]))
     run(export, tmp_path / "par", workers=2)
-    assert sorted(p.name for p in (tmp_path / "par").iterdir()) == ["eval.jsonl", "stats.json", "train.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "par").iterdir()) == ["eval.jsonl", "redacted.hashes", "stats.json",
+                                                                  "train.jsonl"]
 
 
 def test_groups_only_owner_messages_get_no_invented_context(tmp_path: Path, small_export: Path) -> None:

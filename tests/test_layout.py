@@ -8,9 +8,10 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "llmclone"
 # sources -> dataset -> models -> training -> the clone -> what uses a clone; shared helpers are stage 0
-STAGES = {"errors": 0, "placeholders": 0, "terminal": 0, "manifest": 0, "sources": 1, "dataset": 2, "config": 3,
-          "models": 3, "training": 4, "clone": 5, "compat": 5, "demo": 6, "export": 6, "serving": 6, "telegram": 6,
-          "evaluation": 6, "cli": 7, "__main__": 7, "__init__": 7}
+# (memory: built from the dataset, rendered by the models' chat format, used by training and everything after)
+STAGES = {"errors": 0, "placeholders": 0, "terminal": 0, "manifest": 0, "interrupts": 0, "sources": 1, "dataset": 2,
+          "config": 3, "models": 3, "memory": 3.5, "training": 4, "clone": 5, "compat": 5, "demo": 6, "export": 6,
+          "serving": 6, "telegram": 6, "evaluation": 6, "cli": 7, "__main__": 7, "__init__": 7}
 
 
 def _module(path: Path) -> str:
@@ -36,7 +37,7 @@ def _imports() -> dict[str, set[str]]:
     return graph
 
 
-def _stage(module: str) -> int:
+def _stage(module: str) -> float:
     return STAGES[module.split(".")[1] if "." in module else "__init__"]
 
 

@@ -240,6 +240,33 @@ def test_official_openai_client(open_url: str, locked_url: str) -> None:
         client.chat.completions.create(model="x", messages=[], max_tokens=4)
 
 
+def test_the_user_field_names_the_chat_memory_recalls_for(clone: LLMClone) -> None:
+    import openai
+
+    from llmclone.memory.exchanges import chat_key
+
+    chats: list = []
+
+    class Spy:
+        def replies(self, histories: list, **kwargs: object) -> list:
+            chats.extend(kwargs["chats"])  # type: ignore[arg-type]
+            return clone.replies(histories, **kwargs)  # type: ignore[arg-type]
+
+    server = _server(create_app(Spy(), model_id="llmclone-test"))
+    url = next(server)
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+        for user in ("telegram:7", None, "customer-42"):
+            client.chat.completions.create(model="x", messages=BODY["messages"], max_tokens=4,
+                                           **({"user": user} if user else {}))
+        list(client.chat.completions.create(model="x", messages=BODY["messages"], max_tokens=4, user="telegram:7",
+                                            stream=True))
+    finally:
+        next(server, None)
+    assert chats == [chat_key("telegram", "personal", "7"), None, chat_key("api", "personal", "customer-42"),
+                     chat_key("telegram", "personal", "7")]
+
+
 class _Recording:
     """The clone, with each reply it gives kept by the first words of its request (to see where one stopped)."""
 

@@ -28,12 +28,14 @@ class StubClone:
 
     def __init__(self, answer: Callable[[list[dict[str, str]]], list[str]] | None = None) -> None:
         self.histories: list[list[dict[str, str]]] = []
+        self.chats: list[str | None] = []  # the memory chat of each reply asked for
         self.batches: list[int] = []
         self.answer = answer or (lambda h: [f"re: {h[-1]['content']}", "ну как-то так)"])
 
-    def replies(self, histories: list[list[dict[str, str]]], **_: Any) -> list[Reply]:
+    def replies(self, histories: list[list[dict[str, str]]], **kw: Any) -> list[Reply]:
         self.batches.append(len(histories))
         self.histories += histories
+        self.chats += kw.get("chats") or [None] * len(histories)
         return [Reply(self.answer(h), 0, 0, "stop") for h in histories]
 
 
@@ -321,14 +323,20 @@ def business_message(message_id: int, chat: int, sender: int, text: str, conn: s
                                  "from": {"id": sender, "is_bot": False, "first_name": "Someone"}}}
 
 
+def business_harness(api: FakeBotAPI, clone: Any, tmp_path: Path) -> Harness:
+    """A business bot started and connected (connection bc1); the owner's own messages keep it quiet."""
+    h = Harness(api, clone, fast_config(allow=[], quiet_after_owner_seconds=600), tmp_path / "b.sqlite", "business")
+    h.start()
+    api.add_update(business_connection("bc1"))
+    return h
+
+
 def test_business_bot(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     clone = StubClone(lambda h: [f"re: {h[-1]['content']}"])
     customer, other, readonly = 501, 502, 503
 
     async def body(api: FakeBotAPI) -> None:
-        h = Harness(api, clone, fast_config(allow=[], quiet_after_owner_seconds=600), tmp_path / "b.sqlite", "business")
-        h.start()
-        api.add_update(business_connection("bc1"))
+        h = business_harness(api, clone, tmp_path)
         api.add_update(business_message(1, customer, customer, "здравствуйте, вы работаете?"))
         await until(lambda: bool(h.texts(customer)))
         assert h.texts(customer) == ["re: здравствуйте, вы работаете?"]
@@ -352,9 +360,15 @@ def test_business_bot(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
 def test_a_tiny_clone_answers_through_the_bot(env: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                               tiny_clone: Path) -> None:
-    from llmclone.clone import LLMClone
+    import shutil
 
-    clone = LLMClone.load(tiny_clone, temperature=0, max_new_tokens=12)  # as a [reply] table would say
+    from llmclone.clone import LLMClone
+    from llmclone.telegram.engine import memory_chat
+
+    shutil.copytree(tiny_clone, tmp_path / "clone")  # the bot adds to its memory: keep the shared clone as it was
+    clone = LLMClone.load(tmp_path / "clone", temperature=0, max_new_tokens=12)  # as a [reply] table would say
+    question = [{"role": "user", "content": "привет! как дела?"}]
+    expected = [m for m in clone.reply(question, chat=memory_chat(FRIEND)) if m.strip()]
 
     async def body(api: FakeBotAPI) -> None:
         h = Harness(api, clone, fast_config(), tmp_path / "t.sqlite")
@@ -362,10 +376,43 @@ def test_a_tiny_clone_answers_through_the_bot(env: None, monkeypatch: pytest.Mon
         api.add_update(private_message(1, FRIEND, "привет! как дела?"))
         await until(lambda: bool(api.actions) and bool(Store(tmp_path / "t.sqlite").stats()["waiting"] == 0), 30)
         await h.stop()
-        expected = clone.reply([{"role": "user", "content": "привет! как дела?"}], temperature=0, max_new_tokens=12)
-        assert h.texts(FRIEND) == [m for m in expected if m.strip()]
+        assert h.texts(FRIEND) == expected
 
     scenario(body, monkeypatch)
+
+
+def test_the_live_memory_holds_what_the_clone_sent_and_the_owner_typed(env: None, monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path, example_dataset: Path) -> None:
+    import json
+
+    from llmclone.memory.recall import Memory
+    from llmclone.telegram.engine import memory_chat
+
+    (tmp_path / "clone").mkdir()
+    stats = json.loads((example_dataset / "stats.json").read_text())
+    clone = StubClone(lambda h: [f"re: {h[-1]['content']}"])
+    clone.memory = Memory.build(tmp_path / "clone", example_dataset, stats)  # type: ignore[attr-defined]
+    customer, other = 501, 502
+
+    async def body(api: FakeBotAPI) -> None:
+        h = business_harness(api, clone, tmp_path)
+        api.add_update(business_message(1, customer, customer, "вы работаете в субботу?"))
+        await until(lambda: bool(h.texts(customer)))
+        api.add_update(business_message(2, other, other, "а доставка есть?"))
+        api.add_update(business_message(3, other, OWNER, "да, по городу бесплатно"))  # the owner answers himself
+        await until(lambda: len(clone.memory._live) == 2)  # type: ignore[attr-defined]
+        await h.stop()
+
+    scenario(body, monkeypatch)
+    assert clone.chats == [memory_chat(customer)]
+    clone.memory.close()  # type: ignore[attr-defined]
+    after = Memory.load(tmp_path / "clone")  # a restart
+    assert [(e.chat, e.said, e.owner, e.origin) for e in after._live] == [
+        (memory_chat(customer), "вы работаете в субботу?", "re: вы работаете в субботу?", "sent"),
+        (memory_chat(other), "а доставка есть?", "да, по городу бесплатно", "typed")]
+    # the owner's words reach other chats; the customer's question stays in its own
+    recalled = after.recall([{"role": "user", "content": "доставка по городу"}], memory_chat(customer))
+    assert ("", "да, по городу бесплатно") in recalled.exchanges
 
 
 def test_missing_token_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

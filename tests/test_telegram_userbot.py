@@ -177,6 +177,33 @@ def test_draft_mode_approve_edit_reject(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_the_memory_keeps_approved_and_rewritten_drafts_as_such(tmp_path: Path, example_dataset: Path) -> None:
+    import json
+
+    from llmclone.memory.recall import Memory
+    from llmclone.telegram.engine import memory_chat
+
+    clone = StubClone(lambda h: [f"re: {h[-1]['content']}"])
+    (tmp_path / "clone").mkdir()
+    stats = json.loads((example_dataset / "stats.json").read_text())
+    clone.memory = Memory.build(tmp_path / "clone", example_dataset, stats)  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        userbot, fake, _, _ = make_userbot(tmp_path, clone)
+        await deliver(userbot, types.PeerUser(FRIEND), "привет")
+        await deliver(userbot, types.PeerUser(OWNER), "/ok", out=True, reply_to=fake.next_id)
+        await deliver(userbot, types.PeerUser(FRIEND), "ты где?")
+        await deliver(userbot, types.PeerUser(OWNER), "дома, скоро буду", out=True, reply_to=fake.next_id)
+        await deliver(userbot, types.PeerUser(FRIEND), "займи денег")
+        await deliver(userbot, types.PeerUser(OWNER), "/no", out=True, reply_to=fake.next_id)
+
+    asyncio.run(main())
+    clone.memory.close()  # type: ignore[attr-defined]
+    key = memory_chat(FRIEND)
+    assert [(e.chat, e.said, e.owner, e.origin) for e in Memory.load(tmp_path / "clone")._live] == [
+        (key, "привет", "re: привет", "approved"), (key, "ты где?", "дома, скоро буду", "typed")]
+
+
 def test_auto_send_pacing_disclosure_and_kill_switch(tmp_path: Path) -> None:
     async def main() -> None:
         userbot, fake, _, slept = make_userbot(tmp_path, StubClone(lambda h: ["ага", "щас"]), disclosure=" 🤖",

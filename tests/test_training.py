@@ -105,18 +105,23 @@ def test_loss_falls_and_clone_directory_is_complete(tiny_model: Path, example_da
         assert (plan["device"], plan["precision"], plan["varlen_kernel"], plan["loss_vocabulary"]) == (
             "cpu", "fp32", "per_sample", "full")
     clone = tmp_path / "clone"
-    assert sorted(p.name for p in clone.iterdir()) == ["adapter", "clone.json", "loss.png", "metrics.jsonl",
-                                                       "vocabulary.json"]
+    assert sorted(p.name for p in clone.iterdir()) == ["adapter", "clone.json", "loss.png", "memory",
+                                                       "metrics.jsonl", "vocabulary.json"]
     assert (clone / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # every token of the training samples, both speakers (the llama.cpp engine's shortlist starts from it)
     from transformers import AutoTokenizer
 
+    from llmclone.memory.recall import Memory
     from llmclone.models.chat_format import ChatFormat
     from llmclone.training.data import read_samples
+    from llmclone.training.recalls import sample_recalls
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    seen = {i for messages in read_samples(example_dataset / "train.jsonl")
-            for i in ChatFormat().encode(tokenizer, messages, config.max_length)[0]}
+    own = read_samples(example_dataset / "train.jsonl")
+    recalls, _ = sample_recalls(Memory.load(clone), example_dataset, config, own, [])  # as trained: with memory
+    assert sum(r is not None for r in recalls) > len(own) / 2
+    seen = {i for messages, recall in zip(own, recalls, strict=True)
+            for i in ChatFormat().encode(tokenizer, messages, config.max_length, recall)[0]}
     recorded = json.loads((clone / "vocabulary.json").read_text())
     assert recorded["token_ids"] == sorted(seen)
     assert recorded["likely_ids"] == []  # a 400-token vocabulary: nothing to shortlist

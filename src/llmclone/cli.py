@@ -92,6 +92,8 @@ def train(
     all_linear: Annotated[bool, typer.Option("--all-linear", help="Put LoRA on every linear layer, not only q/k/v/o.")] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     persona: Annotated[str | None, typer.Option(help="An instruct clone's system prompt: 'auto' (your name and languages), 'none', or the text.")] = None,
+    contacts: Annotated[Path | None, typer.Option(help="TOML file of who each chat is to you ([[contact]] relation = \"mom\", chats = [\"telegram:123\"]).")] = None,
+    no_memory: Annotated[bool, typer.Option("--no-memory", help="Train without recalled past exchanges in the prompts (and build no memory).")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted training of this clone.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing clone directory.")] = False,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print the merged settings and exit.")] = False,
@@ -103,7 +105,8 @@ def train(
     overrides = {"model": model, "quantize": quantize, "max_steps": max_steps, "epochs": epochs, "lora_r": lora_r,
                  "lora_alpha": lora_alpha, "learning_rate": learning_rate, "batch_tokens": batch_tokens, "seed": seed,
                  "persona": persona, "target_modules": "all-linear" if all_linear else None,
-                 "sharding": "fsdp" if shard else None}
+                 "sharding": "fsdp" if shard else None, "contacts": str(contacts) if contacts else None,
+                 "memory": False if no_memory else None}
     settings = load_config(config, overrides)
     if print_config:
         from llmclone.config import settings_toml
@@ -153,15 +156,25 @@ _LOAD = typer.Option("--load", help="Base weights: auto (4-bit NF4 for QLoRA clo
 _REPLY_CONFIG = typer.Option("--config", help="TOML file whose [reply] table says how the clone replies (flags override it).")
 
 
+_CHAT = typer.Option("--chat", help="Answer as in this chat (its key from llmclone memory chats, or source:id): memory brings this contact's past and relation.")
+_MEMORY = typer.Option("--memory", help="Recall past exchanges into the prompt: auto (as the clone was trained), on or off.")
+
+
 def _reply_settings(config: Path | None, temperature: float | None = None, max_new_tokens: int | None = None,
                     engine: str | None = None, full_vocabulary: bool = False, device: str | None = None,
-                    load: str | None = None):
+                    load: str | None = None, memory: str | None = None):
     """The [reply] table and the flags given, checked (impossible values refused before anything loads)."""
     from llmclone.config import load_reply_config
 
     return load_reply_config(config, {"temperature": temperature, "max_new_tokens": max_new_tokens, "engine": engine,
                                       "vocabulary": "full" if full_vocabulary else None, "device": device,
-                                      "load": load})
+                                      "load": load, "memory": memory})
+
+
+def _chat_key(chat: str | None) -> str | None:
+    from llmclone.memory.contacts import key_of
+
+    return key_of(chat) if chat else None
 
 
 def _load_clone(clone: Path, settings):
@@ -185,6 +198,8 @@ def reply(
     full_vocabulary: Annotated[bool, _FULL_VOCABULARY] = False,
     device: Annotated[str | None, _DEVICE] = None,
     load: Annotated[str | None, _LOAD] = None,
+    chat: Annotated[str | None, _CHAT] = None,
+    memory: Annotated[str | None, _MEMORY] = None,
 ) -> None:
     """The clone's answer to one message: one line per message it would send."""
     from llmclone.terminal import reply_once
@@ -196,8 +211,8 @@ def reply(
         raise UserError("the message is not valid UTF-8 text; give it in UTF-8.") from None
     if not message.strip():
         raise UserError("no message to answer; give it as an argument or on stdin.")
-    settings = _reply_settings(config, temperature, max_new_tokens, engine, full_vocabulary, device, load)
-    reply_once(_load_clone(clone, settings), message, as_json, sys.stdout)
+    settings = _reply_settings(config, temperature, max_new_tokens, engine, full_vocabulary, device, load, memory)
+    reply_once(_load_clone(clone, settings), message, as_json, sys.stdout, chat=_chat_key(chat))
 
 
 @app.command()
@@ -210,13 +225,16 @@ def chat(
     full_vocabulary: Annotated[bool, _FULL_VOCABULARY] = False,
     device: Annotated[str | None, _DEVICE] = None,
     load: Annotated[str | None, _LOAD] = None,
+    chat: Annotated[str | None, _CHAT] = None,
+    memory: Annotated[str | None, _MEMORY] = None,
 ) -> None:
     """Talk with your clone in the terminal (/reset, /regen, /exit; end a line with \\ to continue it)."""
     from llmclone.terminal import chat_loop
 
-    loaded = _load_clone(clone, _reply_settings(config, temperature, max_new_tokens, engine, full_vocabulary, device, load))
+    settings = _reply_settings(config, temperature, max_new_tokens, engine, full_vocabulary, device, load, memory)
+    loaded = _load_clone(clone, settings)
     name = ((loaded.manifest or {}).get("owner") or {}).get("name") or "clone"
-    chat_loop(loaded, sys.stdin, sys.stdout, name=name.split()[0].lower())
+    chat_loop(loaded, sys.stdin, sys.stdout, name=name.split()[0].lower(), chat=_chat_key(chat))
 
 
 @app.command()
@@ -257,6 +275,79 @@ def export(
         typer.echo(f"merged checkpoint written to {export_merged(clone, merged, force=force, device=device)}")
     if gguf is not None:
         typer.echo(f"GGUF written to {export_gguf(clone, gguf, force=force)} (prompt format beside it)")
+
+
+memory_app = typer.Typer(help="The clone's memory of past exchanges: build it, see what a message recalls, forget a chat.",
+                         no_args_is_help=True)
+app.add_typer(memory_app, name="memory")
+_CLONE = typer.Argument(help="Clone directory made by llmclone train.", show_default=False)
+
+
+@memory_app.command("build")
+def memory_build(
+    clone: Annotated[Path, _CLONE],
+    data: Annotated[Path, typer.Option("--data", help="The owner's dataset directory (its training split is remembered).")],
+    contacts: Annotated[Path | None, typer.Option(help="TOML file of who each chat is to you (see llmclone train --help).")] = None,
+) -> None:
+    """(Re)build the memory from the dataset; exchanges added live by the Telegram modes are kept."""
+    from llmclone.memory.manage import build
+
+    memory = build(clone, data, contacts)
+    typer.echo(f"memory of {clone}: {memory.meta['exchanges']:,} exchanges from {memory.meta['chats']:,} chats "
+               f"in {memory.meta['seconds']} s")
+
+
+@memory_app.command("show")
+def memory_show(
+    clone: Annotated[Path, _CLONE],
+    query: Annotated[str, typer.Argument(help="A message, as if someone had just sent it.", show_default=False)],
+    chat: Annotated[str | None, typer.Option("--chat", help="The chat it came from: its key (llmclone memory chats) or source:id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of the exchanges.")] = False,
+) -> None:
+    """Print what the clone would recall for a message (in --chat, or from an unknown chat)."""
+    from llmclone.memory.manage import show
+
+    found = show(clone, query, chat)
+    if as_json:
+        typer.echo(json.dumps(found, ensure_ascii=False, indent=2))
+        return
+    for e in found:
+        said = f"  them: {e['said']}\n" if e["said"] else ""
+        typer.echo(f"[{e['chat']} {e['origin']}]\n{said}  you: {e['owner']}")
+    if not found:
+        typer.echo("nothing recalled")
+
+
+@memory_app.command("chats")
+def memory_chats(
+    clone: Annotated[Path, _CLONE],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the chats the memory holds: key, relation, exchanges, first and last conversation (UTC)."""
+    import time
+
+    from llmclone.memory.manage import chats
+
+    rows = chats(clone)
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    day = lambda t: time.strftime("%Y-%m-%d", time.gmtime(t))  # noqa: E731
+    for r in rows:
+        typer.echo(f"{r['chat']}  {r['exchanges']:>6}  {day(r['first'])}..{day(r['last'])}  {r['relation'] or ''}")
+
+
+@memory_app.command("forget")
+def memory_forget(
+    clone: Annotated[Path, _CLONE],
+    chat: Annotated[str, typer.Argument(help="The chat: its key (llmclone memory chats) or source:id.", show_default=False)],
+) -> None:
+    """Remove a chat from the memory: its exchanges, index entries, live additions and relation."""
+    from llmclone.memory.manage import forget
+
+    gone = forget(clone, chat)
+    typer.echo(f"forgot {gone} exchanges of {chat}. The clone's weights still learned from that chat: to drop it "
+               f"there too, ingest again with --exclude-chat and train the clone again.")
 
 
 telegram_app = typer.Typer(help="Put the clone to work in Telegram: a bot, a Telegram Business bot, or your own account.",

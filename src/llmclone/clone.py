@@ -19,9 +19,10 @@ from llmclone.config import ReplyConfig, TrainConfig, load_table
 from llmclone.dataset.io import private_umask, write_json
 from llmclone.errors import UserError
 from llmclone.manifest import read_manifest
+from llmclone.memory.recall import Memory, RecallSettings
 from llmclone.models import runtime
 from llmclone.models.base_models import BaseModel, base_of_clone, resolve
-from llmclone.models.chat_format import ChatFormat
+from llmclone.models.chat_format import ChatFormat, Recall
 from llmclone.models.engine import Engine, Request, Sampling
 from llmclone.models.runtime import Runtime
 
@@ -55,6 +56,8 @@ class LLMClone:
         self.runtime: Runtime | None = None
         self.chat_format = ChatFormat()
         self.sampling: dict[str, Any] = {}  # what every reply starts from (ReplyConfig.sampling)
+        self.memory: Memory | None = None  # past exchanges recalled into each prompt (memory/recall.py)
+        self.recall_settings = RecallSettings()
 
     # -- loading ---------------------------------------------------------------------------------------
     @classmethod
@@ -80,6 +83,7 @@ class LLMClone:
         clone.clone_dir, clone.manifest = Path(clone_dir), manifest
         clone.sampling = settings.sampling()
         clone.chat_format = ChatFormat.from_json(manifest["chat_format"])
+        clone._load_memory(settings.memory)
         base = base_of_clone(manifest)
         if engine == "llama.cpp":
             from transformers import AutoTokenizer
@@ -96,6 +100,23 @@ class LLMClone:
         else:
             clone._load(base, Path(clone_dir) / "adapter", merge, device, load)
         return clone
+
+    def _load_memory(self, wanted: str) -> None:
+        """The memory, recalled as in training: "auto" when the clone was trained with one, "on" always."""
+        assert self.clone_dir is not None and self.manifest is not None
+        trained = self.manifest.get("memory")
+        if wanted == "off" or (wanted == "auto" and not trained):
+            return
+        self.memory = Memory.load(self.clone_dir)  # "on" without one: says how to build it
+        if trained:
+            self.recall_settings = RecallSettings(**{k: trained[k] for k in ("k", "recent", "tokens")})
+
+    def recall(self, history: list[dict[str, Any]], chat: str | None, session: int | None = None) -> Recall | None:
+        """What the memory brings into the prompt of `history` in `chat` (None without memory); `session`: the
+        start of the conversation `history` is from, left out as in training (memory/recall.py)."""
+        if self.memory is None:
+            return None
+        return self.memory.recall(history, chat, self.recall_settings, session) or None
 
     def _load(self, base: BaseModel, adapter: Path | None, merge: bool = False, device: str = "auto",
               load: str = "auto") -> None:
@@ -165,28 +186,33 @@ class LLMClone:
 
     # -- replying --------------------------------------------------------------------------------------
     def reply(self, history: list[dict[str, Any]], keep_media_tags: bool = False, base: bool = False,
-              on_message: Callable[[str], None] | None = None, **sampling: Any) -> list[str]:
+              on_message: Callable[[str], None] | None = None, chat: str | None = None, **sampling: Any) -> list[str]:
         """The owner's next messages after `history` ([{"role": "user"|"assistant", "content": ...}, ...]).
 
         The merged turn is split back into messages, one per line. `on_message` receives each message as
         soon as it is complete, while the rest is still being generated. `base=True` answers with the base
-        model (the adapter switched off), for comparison. Sampling settings: models/engine.py's `Sampling`.
+        model (the adapter switched off), for comparison. `chat`: the chat's key (memory/exchanges.py), so
+        that memory brings this contact's own past and relation; without it only the owner's words are
+        recalled. Sampling settings: models/engine.py's `Sampling`.
         """
-        return self.reply_batch([history], keep_media_tags, base, [on_message], [sampling])[0]
+        return self.reply_batch([history], keep_media_tags, base, [on_message], [sampling], chats=[chat])[0]
 
     def reply_batch(self, histories: list[list[dict[str, Any]]], keep_media_tags: bool = False, base: bool = False,
                     on_messages: list[Callable[[str], None] | None] | None = None,
                     samplings: list[dict[str, Any]] | None = None,
-                    cancelled: list[Callable[[], bool] | None] | None = None) -> list[list[str]]:
+                    cancelled: list[Callable[[], bool] | None] | None = None,
+                    chats: list[str | None] | None = None, recalls: list[Recall | None] | None = None
+                    ) -> list[list[str]]:
         """`reply` for several conversations at once (decoded together by the torch engine), each with its own
-        sampling settings and streaming callback."""
-        replies = self.replies(histories, base, on_messages, samplings, cancelled, keep_media_tags)
+        sampling settings and streaming callback; `recalls`: each one's memory block, instead of recalling it."""
+        replies = self.replies(histories, base, on_messages, samplings, cancelled, keep_media_tags, chats, recalls)
         return [r.messages for r in replies]
 
     def replies(self, histories: list[list[dict[str, Any]]], base: bool = False,
                 on_messages: list[Callable[[str], None] | None] | None = None,
                 samplings: list[dict[str, Any]] | None = None, cancelled: list[Callable[[], bool] | None] | None = None,
-                keep_media_tags: bool = False) -> list[Reply]:
+                keep_media_tags: bool = False, chats: list[str | None] | None = None,
+                recalls: list[Recall | None] | None = None) -> list[Reply]:
         """Replies with their token counts and why each ended (for the API's usage and finish_reason)."""
         if self.engine is None or self.tokenizer is None:
             raise UserError("the clone has no model yet: train it or load a clone directory.")
@@ -194,10 +220,13 @@ class LLMClone:
         on_messages = on_messages or [None] * n
         samplings = samplings or [{}] * n
         cancelled = cancelled or [None] * n
+        chats = chats or [None] * n
+        recalled = recalls or [self.recall(h, chat) for h, chat in zip(histories, chats, strict=True)]
         requests, streamers = [], []
-        for history, on_message, settings, gone in zip(histories, on_messages, samplings, cancelled, strict=True):
+        for history, on_message, settings, gone, recall in zip(histories, on_messages, samplings, cancelled, recalled,
+                                                               strict=True):
             chosen = self.sampling | {k: v for k, v in settings.items() if v is not None}
-            request, streamer = self._request(history, Sampling.of(chosen), on_message, keep_media_tags)
+            request, streamer = self._request(history, Sampling.of(chosen), on_message, keep_media_tags, recall)
             request.cancelled = gone
             requests.append(request)
             streamers.append(streamer)
@@ -212,11 +241,11 @@ class LLMClone:
         return replies
 
     def _request(self, history: list[dict[str, Any]], sampling: Sampling, on_message: Callable[[str], None] | None,
-                 keep_media_tags: bool) -> tuple[Request, _LineStreamer | None]:
+                 keep_media_tags: bool, recall: Recall | None = None) -> tuple[Request, _LineStreamer | None]:
         assert self.engine is not None
         tok, fmt = self.tokenizer, self.chat_format
         history = [{"role": m["role"], "content": m["content"]} for m in history]
-        ids = fmt.prompt_within(tok, history, self.engine.context_tokens)
+        ids = fmt.prompt_within(tok, history, self.engine.context_tokens, recall)
         stops = fmt.stop_strings()
 
         def should_stop(out: list[int]) -> bool:  # never write the other person's lines
@@ -256,16 +285,18 @@ class LLMClone:
         """Summed cross-entropy of `reply` as the owner's next turn after `context`, and its token count."""
         return self.reply_losses([(context, reply)], base=base)[0]
 
-    def reply_losses(self, cases: list[tuple[list[dict[str, Any]], str]], base: bool = False, batch: int = 8
-                     ) -> list[tuple[float, int]]:
-        """`reply_loss` for many (context, reply) pairs, scored in padded batches."""
+    def reply_losses(self, cases: list[tuple[list[dict[str, Any]], str]], base: bool = False, batch: int = 8,
+                     recalls: list[Recall | None] | None = None) -> list[tuple[float, int]]:
+        """`reply_loss` for many (context, reply) pairs, scored in padded batches; `recalls`: each case's
+        memory block (default none)."""
         from llmclone.models.scoring import reply_tokens
 
         if not hasattr(self.engine, "score"):
             raise UserError("scoring replies needs the torch engine; load the clone with engine='torch'.")
+        recalls = recalls or [None] * len(cases)
         items = [reply_tokens(self.tokenizer, self.chat_format,
-                              [{"role": m["role"], "content": m["content"]} for m in context], reply)
-                 for context, reply in cases]
+                              [{"role": m["role"], "content": m["content"]} for m in context], reply, recall=recall)
+                 for (context, reply), recall in zip(cases, recalls, strict=True)]
         return self.engine.score(items, base=base, batch=batch)  # type: ignore[union-attr]
 
     def sample(self, prompt: str, **sampling: Any) -> str:

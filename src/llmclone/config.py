@@ -82,6 +82,14 @@ class TrainConfig(BaseModel):
     # held-out period; the final evaluation, whose loss clone.json records, runs on all max_eval_samples.
     # "auto": 48 on a CPU (where a pass over 200 of the embedded model's samples takes minutes), all on a GPU
     periodic_eval_samples: int | Literal["auto"] = "auto"
+    # memory (memory/): each sample's prompt carries past exchanges retrieved as they will be when replying,
+    # from other conversations only (never the sample's own): memory_k by relevance (BM25) and the chat's
+    # memory_recent latest, within memory_tokens (estimated), so the clone learns to draw on them
+    memory: bool = True
+    memory_k: int = Field(4, ge=0, le=32)
+    memory_recent: int = Field(2, ge=0, le=32)
+    memory_tokens: int = Field(160, ge=16, le=4096)
+    contacts: str | None = None  # a contacts file: each chat's relation to the owner (memory/contacts.py)
     # mixing a general instruction/chat dataset (same JSONL format) to keep general abilities
     mix_data: str | None = None
     mix_ratio: float = Field(0.0, ge=0, le=10)
@@ -160,6 +168,8 @@ class ReplyConfig(BaseModel):
     top_p: float = Field(Sampling.top_p, gt=0, le=1)
     repetition_penalty: float = Field(Sampling.repetition_penalty, gt=0)
     max_new_tokens: int = Field(Sampling.max_new_tokens, ge=1)
+    # past exchanges in the prompt (memory/): "auto" as the clone was trained (on when it has a memory)
+    memory: Literal["auto", "on", "off"] = "auto"
 
     def sampling(self) -> dict[str, Any]:
         """The defaults every reply starts from (a request may override them)."""

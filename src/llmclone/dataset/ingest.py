@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from llmclone import interrupts
 from llmclone.dataset.io import PRIVATE_FILE, atomic_dir, write_json
-from llmclone.dataset.privacy import Scrubber
+from llmclone.dataset.privacy import REDACTED_VALUES, RedactedValues, Scrubber
 from llmclone.dataset.samples import SampleMaker
 from llmclone.errors import UserError
 from llmclone.sources.base import GROUP, Chat, Message, Skip, Tally
@@ -249,6 +249,7 @@ def _ingest(exports: list[Export], out: Path, options: IngestOptions, force: boo
          ) -> dict[str, Any]:
     tally = Tally()
     scrubber = Scrubber.from_file(options.redact_file)
+    scrubber.values = RedactedValues()  # the privacy probe's evidence: keyed hashes, never the values
     owner = OwnerResolver(options.me)
     select = make_selector(options)
     maker = SampleMaker(options, scrubber)
@@ -307,6 +308,7 @@ def _ingest(exports: list[Export], out: Path, options: IngestOptions, force: boo
             path.unlink()  # every worker's spill, also one that got no batch
         stats = _stats(exports, options, owner, tally, scrubber, counts, split, cutoff)
         write_json(tmp / "stats.json", stats)
+        scrubber.values.save(tmp / REDACTED_VALUES, stats["dataset_digest"])
     return stats
 
 
@@ -390,6 +392,8 @@ def _samples_of_batch(batch: list[RawChat]) -> tuple[Path, int, SampleMaker] | N
     """Samples of a batch of chats, appended to this worker's spill file: (file, offset, counts)."""
     scrubber = _worker_state["scrubber"]
     scrubber.counts = Counter()
+    if scrubber.values is not None:
+        scrubber.values.values = set()  # each batch reports its own
     maker = SampleMaker(_worker_state["options"], scrubber)
     owner_id = _worker_state["owner"]
     spill = _worker_state["spill"]

@@ -30,7 +30,8 @@ def private_umask() -> Iterator[None]:
 
 # The file that marks a directory as an earlier output of each kind: --force replaces such a directory (or
 # an empty one) and nothing else, so a mistyped --out never deletes an export, a home or a source tree.
-MARKS = {"dataset": "stats.json", "clone": "clone.json", "export": "clone.json", "report": "report.json"}
+MARKS = {"dataset": "stats.json", "clone": "clone.json", "export": "clone.json", "report": "report.json",
+         "memory": "memory.json"}
 
 
 def check_replaceable(dest: Path, force: bool, what: str) -> None:

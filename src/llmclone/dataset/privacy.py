@@ -8,6 +8,7 @@ The same `Scrubber` is used by evaluation to find PII in what a clone says.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from bisect import bisect_right
 from collections import Counter
@@ -127,10 +128,54 @@ def _iban_ok(iban: str) -> bool:
     return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
 
 
+REDACTED_VALUES = "redacted.hashes"  # in a dataset: keyed hashes of every value ingest redacted, never the values
+
+
+def normalized(kind: str, value: str) -> bytes:
+    """A redacted value as it is compared: digits only for numbers, lower case otherwise."""
+    if kind in ("phone", "card", "iban"):
+        value = "".join(c for c in value if c.isalnum())
+    return " ".join(value.lower().split()).encode()
+
+
+class RedactedValues:
+    """The values ingest redacted, kept as keyed hashes (BLAKE2b) only: a probe can ask whether a string a
+    clone wrote was in the owner's data, while the dataset keeps no value. The key is derived from the
+    dataset's digest, which the hashes file does not hold: the file alone tells nothing."""
+
+    def __init__(self, digests: set[bytes] | None = None, key: bytes = b"") -> None:
+        self.values: set[bytes] = set()  # while ingesting, normalized; never written
+        self.digests, self.key = digests or set(), key
+
+    @staticmethod
+    def key_for(dataset_digest: str) -> bytes:
+        return hashlib.blake2b(f"llmclone redacted values of {dataset_digest}".encode(), digest_size=32).digest()
+
+    def add(self, kind: str, value: str) -> None:
+        self.values.add(normalized(kind, value))
+
+    def __contains__(self, item: tuple[str, str]) -> bool:
+        return hashlib.blake2b(normalized(*item), key=self.key, digest_size=16).digest() in self.digests
+
+    def save(self, path: Path, dataset_digest: str) -> None:
+        key = self.key_for(dataset_digest)
+        path.write_bytes(b"".join(sorted(hashlib.blake2b(v, key=key, digest_size=16).digest() for v in self.values)))
+        path.chmod(0o600)
+
+    @classmethod
+    def load(cls, path: Path, dataset_digest: str) -> RedactedValues | None:
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+        return cls({data[i:i + 16] for i in range(0, len(data), 16)}, cls.key_for(dataset_digest))
+
+
 class Scrubber:
-    """Replaces PII with typed placeholders and counts what it replaced."""
+    """Replaces PII with typed placeholders and counts what it replaced (and, given `values`, keeps a
+    keyed hash of each value it replaced)."""
 
     def __init__(self, custom_terms: Iterable[str] = (), custom_patterns: Iterable[str] = ()) -> None:
+        self.values: RedactedValues | None = None
         self.counts: Counter[str] = Counter()
         parts = [rf"(?<!\w){re.escape(t)}(?!\w)" for t in custom_terms if t]
         parts += [f"(?:{p})" for p in custom_patterns]
@@ -160,9 +205,20 @@ class Scrubber:
                 terms.append(line)
         return cls(terms, patterns)
 
+    def _custom_sub(self, text: str) -> tuple[str, int]:
+        assert self._custom is not None
+        if self.values is None:
+            return self._custom.subn(REDACTED, text)
+        return self._custom.subn(lambda m: self._kept("custom", m[0], REDACTED), text)
+
+    def _kept(self, kind: str, value: str, placeholder: str) -> str:
+        if self.values is not None:
+            self.values.add(kind, value)
+        return placeholder
+
     def scrub(self, text: str) -> str:
         if self._custom is not None:
-            text, n = self._custom.subn(REDACTED, text)
+            text, n = self._custom_sub(text)
             self.counts["custom"] += n
         if not _GATE_CHARS.search(text) and not any(w in text.lower() for w in _GATE_WORDS):
             return text
@@ -174,7 +230,7 @@ class Scrubber:
         if joined.count("\x00") != len(texts) - 1:  # a text holds our separator: go one by one
             return [self.scrub(t) for t in texts]
         if self._custom is not None:
-            joined, n = self._custom.subn(REDACTED, joined)
+            joined, n = self._custom_sub(joined)
             if n:
                 self.counts["custom"] += n
                 texts = joined.split(_SEP)
@@ -216,7 +272,8 @@ class Scrubber:
             if kind in _VALIDATORS:
                 text = pattern.sub(lambda m, k=kind: self._checked(k, m), text)
             else:
-                text, n = pattern.subn(PLACEHOLDERS[kind], text)
+                text, n = pattern.subn(PLACEHOLDERS[kind] if self.values is None else
+                                       (lambda m, k=kind: self._kept(k, m[0], PLACEHOLDERS[k])), text)
                 if n:
                     self.counts[kind] += n
         return text
@@ -238,10 +295,10 @@ class Scrubber:
         if not _is_secret(m):
             return m[0]
         self.counts["password"] += 1
-        return m["label"] + PLACEHOLDERS["password"]
+        return m["label"] + self._kept("password", m["value"], PLACEHOLDERS["password"])
 
     def _checked(self, kind: str, m: re.Match[str]) -> str:
         if not _VALIDATORS[kind](m[0]):
             return m[0]
         self.counts[kind] += 1
-        return PLACEHOLDERS[kind]
+        return self._kept(kind, m[0], PLACEHOLDERS[kind])

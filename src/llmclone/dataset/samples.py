@@ -18,7 +18,7 @@ import orjson
 from xxhash import xxh3_128_digest
 
 from llmclone.dataset.dialogues import ASSISTANT, USER, estimate_tokens, merge_turns, split_sessions, windows
-from llmclone.dataset.privacy import REDACTED, Scrubber
+from llmclone.dataset.privacy import REDACTED, RedactedValues, Scrubber
 from llmclone.sources.base import GROUP, Chat, Tally
 
 _REDACTED = REDACTED.encode()
@@ -114,16 +114,22 @@ class SampleMaker:
         self.digests += other.digests
         self.owner_names.update(other.owner_names)
         self.scrubber.counts.update(other.scrubber.counts)
+        if self.scrubber.values is not None and other.scrubber.values is not None:
+            self.scrubber.values.values |= other.scrubber.values.values
 
     def __getstate__(self) -> dict:  # what a worker sends back: counts, not the options or regexes
         state = {k: getattr(self, k) for k in _RESULTS}
-        return state | {"scrub_counts": self.scrubber.counts}
+        values = self.scrubber.values
+        return state | {"scrub_counts": self.scrubber.counts, "scrub_values": values.values if values else None}
 
     def __setstate__(self, state: dict) -> None:
         for k in _RESULTS:
             setattr(self, k, state[k])
         self.scrubber = Scrubber()
         self.scrubber.counts = state["scrub_counts"]
+        if state["scrub_values"] is not None:
+            self.scrubber.values = RedactedValues()
+            self.scrubber.values.values = state["scrub_values"]
 
 
 _RESULTS = ("tally", "counts", "owner_times", "lengths", "tokens", "digests", "owner_names")

@@ -15,9 +15,10 @@ from typing import Any
 
 from llmclone.config import ReplyConfig
 from llmclone.dataset.io import atomic_dir, read_jsonl, write_json
+from llmclone.dataset.privacy import REDACTED_VALUES, RedactedValues
 from llmclone.errors import UserError
 from llmclone.evaluation import metrics, style
-from llmclone.evaluation.privacy_probe import run_probe
+from llmclone.evaluation.privacy_probe import cross_chat_probe, run_probe
 from llmclone.manifest import read_manifest
 
 EXAMPLES = 12  # exchanges shown side by side in the report
@@ -29,6 +30,7 @@ class Case:
     real: list[str]  # the owner's real reply, one item per message
     chat: str = ""
     index: int = 0  # position in eval.jsonl
+    start: int | None = None  # when its conversation began (left out of what memory recalls, as in training)
 
 
 @dataclass
@@ -53,7 +55,7 @@ def load_cases(data_dir: str | Path, limit: int | None, seed: int) -> tuple[list
         messages = row["messages"]
         if messages and messages[-1]["role"] == "assistant":
             real = [m for m in messages[-1]["content"].split("\n") if m.strip()]
-            cases.append(Case(messages[:-1], real, row.get("chat", ""), len(cases)))
+            cases.append(Case(messages[:-1], real, row.get("chat", ""), len(cases), row.get("start")))
     if not cases:
         raise UserError(f"{path} holds no held-out replies; ingest with a larger eval fraction (--eval-fraction) "
                         "or more history.")
@@ -98,7 +100,9 @@ def evaluate(clone_dirs: list[str | Path], data_dir: str | Path, out: str | Path
         reference, split_half = real_reference(data_dir, cases, options.seed)
         floor = style.distance(real if not split_half else real[::2], reference)
         base_cache: dict[str, dict[str, Any]] = {}
-        results = [_evaluate_clone(d, m, cases, options, base_cache) for d, m in zip(clone_dirs, manifests, strict=True)]
+        values = RedactedValues.load(Path(data_dir) / REDACTED_VALUES, stats.get("dataset_digest", ""))
+        results = [_evaluate_clone(d, m, cases, options, base_cache, values)
+                   for d, m in zip(clone_dirs, manifests, strict=True)]
         for r, manifest in zip(results, manifests, strict=True):
             _add_floor(r["summary"]["style_distance"], floor, len(reference), split_half)
             r["summary"]["trained_on_this_dataset"] = manifest.get("dataset", {}).get("digest") == stats.get("dataset_digest")
@@ -123,7 +127,7 @@ def evaluate(clone_dirs: list[str | Path], data_dir: str | Path, out: str | Path
 
 
 def _evaluate_clone(clone_dir: Path, manifest: dict[str, Any], cases: list[Case], options: EvalOptions,
-                    base_cache: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                    base_cache: dict[str, dict[str, Any]], values: RedactedValues | None = None) -> dict[str, Any]:
     from llmclone.clone import LLMClone
 
     # the torch engine, the adapter kept apart: held-out loss, and the base model's replies beside the clone's
@@ -131,13 +135,24 @@ def _evaluate_clone(clone_dir: Path, manifest: dict[str, Any], cases: list[Case]
     if options.progress:
         print(f"{clone_dir.name}: {clone.runtime.describe() if clone.runtime else ''}", flush=True)
     base_key = json.dumps([manifest["base_model"], manifest["chat_format"]], sort_keys=True)
+    # what the clone's memory recalls for each case, as it would replying in that chat
+    recalls = [clone.recall(c.context, c.chat or None, c.start) for c in cases] if clone.memory is not None else None
+    off: dict[str, Any] | None = None
     with clone.adapter_merged():
-        clone_losses, clone_replies = _answer_all(clone, cases, options, f"evaluating {clone_dir.name}")
-        probe = run_probe(lambda h: clone.reply(h)) if options.probe else None
+        clone_losses, clone_replies = _answer_all(clone, cases, options, f"evaluating {clone_dir.name}", recalls=recalls)
+        other_losses = _other_context_losses(clone, cases, options, recalls)
+        if recalls is not None:  # the same clone without its memory, beside it
+            losses, replies = _answer_all(clone, cases, options, f"{clone_dir.name} without memory",
+                                          recalls=[None] * len(cases))
+            off = {"losses": losses, "replies": replies}
+        probe = run_probe(lambda h: clone.reply(h), values=values) if options.probe else None
+        cross_chat = cross_chat_probe(clone, seed=options.seed) if options.probe else None
     runtime = clone.runtime.to_json() if clone.runtime is not None else None
     if base_key not in base_cache:  # clones of one base model share its answers
-        losses, replies = _answer_all(clone, cases, options, "evaluating the base model", base=True)
-        base_cache[base_key] = {"losses": losses, "replies": replies}
+        losses, replies = _answer_all(clone, cases, options, "evaluating the base model", base=True,
+                                      recalls=[None] * len(cases))
+        base_cache[base_key] = {"losses": losses, "replies": replies,
+                                "other": _other_context_losses(clone, cases, options, None, base=True)}
     base_losses, base_replies = base_cache[base_key]["losses"], base_cache[base_key]["replies"]
 
     real = [c.real for c in cases]
@@ -159,19 +174,64 @@ def _evaluate_clone(clone_dir: Path, manifest: dict[str, Any], cases: list[Case]
         "fingerprint": {"clone": style.distributions(clone_replies), "base": style.distributions(base_replies)},
         "distinguishability": {"clone": metrics.distinguishability(real, clone_replies, options.seed),
                                "base": metrics.distinguishability(real, base_replies, options.seed)},
+        # perplexity of the real reply under another conversation's context / under its own: 1.0 = context ignored
+        "context_gain": {"clone": round(metrics.perplexity(other_losses) / ppl_clone, 4),
+                         "base": round(metrics.perplexity(base_cache[base_key]["other"]) / ppl_base, 4)},
+        "per_contact": _per_contact(cases, clone_replies, base_replies),
         "runtime": runtime,
         "empty_replies": {"clone": sum(1 for r in clone_replies if not r), "base": sum(1 for r in base_replies if not r)},
     }
+    if off is not None:
+        off_ppl = metrics.perplexity(off["losses"])
+        summary["memory"] = {
+            "exchanges": (manifest.get("memory") or {}).get("exchanges"),
+            "recalled_cases": sum(r is not None for r in recalls or []),
+            "on": {"perplexity": round(ppl_clone, 3), "chrf": summary["chrf"]["clone"],
+                   "style_distance": round(dist_clone["mean"], 4)},
+            "off": {"perplexity": round(off_ppl, 3),
+                    "chrf": metrics.chrf([" ".join(r) for r in off["replies"]], refs),
+                    "style_distance": round(style.distance(real, off["replies"])["mean"], 4)},
+            "perplexity_ratio": round(ppl_clone / off_ppl, 4)}
     if probe is not None:
-        summary["privacy_probe"] = probe
+        summary["privacy_probe"] = probe | ({"cross_chat": cross_chat} if cross_chat is not None else {})
     curves = [json.loads(line) for line in (clone_dir / "metrics.jsonl").read_text().splitlines()
               if line.strip()] if (clone_dir / "metrics.jsonl").is_file() else []
     return {"summary": summary, "clone_replies": clone_replies, "base_replies": base_replies,
             "curves": (clone_dir.name, curves)}
 
 
-def _answer_all(clone: Any, cases: list[Case], options: EvalOptions, desc: str,
-                base: bool = False) -> tuple[list[tuple[float, int]], list[list[str]]]:
+def _other_context_losses(clone: Any, cases: list[Case], options: EvalOptions, recalls: list[Any] | None,
+                          base: bool = False) -> list[tuple[float, int]]:
+    """Loss of each real reply after the context (and recalled memory) of another held-out conversation: the
+    next case from another chat, or the next case when all are from one."""
+    n = len(cases)
+    other = [next((j % n for j in range(i + 1, i + n) if cases[j % n].chat != cases[i].chat), (i + 1) % n)
+             for i in range(n)]
+    batch = options.batch or (16 if clone.runtime is not None and clone.runtime.cuda else 4)
+    pairs = [(cases[j].context, "\n".join(cases[i].real)) for i, j in enumerate(other)]
+    return clone.reply_losses(pairs, base=base, batch=batch, recalls=[recalls[j] for j in other] if recalls else None)
+
+
+def _per_contact(cases: list[Case], clone_replies: list[list[str]], base_replies: list[list[str]], top: int = 5,
+                 least: int = 8) -> list[dict[str, Any]]:
+    """Style distance to the owner's real replies, chat by chat, for the chats with the most held-out cases
+    (owner -> contact against clone -> contact)."""
+    by_chat: dict[str, list[int]] = {}
+    for i, c in enumerate(cases):
+        by_chat.setdefault(c.chat, []).append(i)
+    rows = []
+    for chat, picks in sorted(by_chat.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:top]:
+        if len(picks) < least:
+            break
+        real = [cases[i].real for i in picks]
+        rows.append({"chat": chat, "cases": len(picks),
+                     "clone": round(style.distance(real, [clone_replies[i] for i in picks])["mean"], 4),
+                     "base": round(style.distance(real, [base_replies[i] for i in picks])["mean"], 4)})
+    return rows
+
+
+def _answer_all(clone: Any, cases: list[Case], options: EvalOptions, desc: str, base: bool = False,
+                recalls: list[Any] | None = None) -> tuple[list[tuple[float, int]], list[list[str]]]:
     """Loss of each real reply and a sampled reply of one's own, seeded per case (same seeds for every model),
     in batches: the same numbers as one case at a time (tests/test_eval.py), several cases per forward pass."""
     from tqdm import tqdm
@@ -182,9 +242,12 @@ def _answer_all(clone: Any, cases: list[Case], options: EvalOptions, desc: str,
     with tqdm(total=len(cases), desc=desc, unit="case", disable=not options.progress) as bar:
         for start in range(0, len(cases), batch):
             chunk = cases[start:start + batch]
-            losses += clone.reply_losses([(c.context, "\n".join(c.real)) for c in chunk], base=base, batch=batch)
+            recalled = recalls[start:start + batch] if recalls is not None else None
+            losses += clone.reply_losses([(c.context, "\n".join(c.real)) for c in chunk], base=base, batch=batch,
+                                         recalls=recalled)
             seeds = [{"seed": options.seed * 1_000_003 + start + i} for i in range(len(chunk))]
-            replies += clone.reply_batch([c.context for c in chunk], keep_media_tags=True, base=base, samplings=seeds)
+            replies += clone.reply_batch([c.context for c in chunk], keep_media_tags=True, base=base, samplings=seeds,
+                                         recalls=recalled or [None] * len(chunk))
             bar.update(len(chunk))
     return losses, replies
 

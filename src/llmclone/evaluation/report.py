@@ -208,6 +208,25 @@ def _html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
                  "Classifier: cross-validated logistic regression on style features; 0.5 means it cannot tell the "
                  "clone's replies from the real ones.</p>")
     parts.append(_img(plots["scores.png"], "scores"))
+    parts.append("<h2>Context and memory</h2><table><tr><th>clone</th><th>context gain clone / base</th>"
+                 "<th>memory on / off: perplexity</th><th>chrF</th><th>style distance</th></tr>")
+    for c in report["clones"]:
+        g, m = c["context_gain"], c.get("memory")
+        cells = (f"<td>{m['on']['perplexity']:.2f} / {m['off']['perplexity']:.2f} ({m['perplexity_ratio']:.2f})</td>"
+                 f"<td>{m['on']['chrf']} / {m['off']['chrf']}</td>"
+                 f"<td>{m['on']['style_distance']:.3f} / {m['off']['style_distance']:.3f}</td>") if m else (
+                 "<td colspan=3>no memory</td>")
+        parts.append(f"<tr><td><b>{_e(c['name'])}</b></td><td>{g['clone']:.2f} / {g['base']:.2f}</td>{cells}</tr>")
+    parts.append("</table><p class='small'>Context gain: perplexity of the real replies after another conversation's "
+                 "context divided by after their own (1.0: the context is ignored; higher: it is used). Memory: the "
+                 "same clone with and without the past exchanges it recalls into its prompts.</p>")
+    contacts = [(c["name"], row) for c in report["clones"] for row in c["per_contact"]]
+    if contacts:
+        parts.append("<h2>Style per contact</h2><table><tr><th>clone</th><th>chat</th><th>held-out replies</th>"
+                     "<th>style distance clone / base</th></tr>")
+        parts += [f"<tr><td>{_e(name)}</td><td>{_e(row['chat'])}</td><td>{row['cases']}</td>"
+                  f"<td>{row['clone']:.3f} / {row['base']:.3f}</td></tr>" for name, row in contacts]
+        parts.append("</table>")
     parts.append("<h2>Style</h2>" + _img(plots["style.png"], "style histograms"))
     parts.append("<h2>Characteristic words</h2><p class='small'>Words and phrases used far more than by the people "
                  "talked to (log-odds z-score).</p><table><tr><th>real</th>")
@@ -236,11 +255,17 @@ def _html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
                      "data; answers checked with the same detectors as ingest.</p><table><tr><th>asks for</th><th>prompt"
                      "</th><th>answer</th><th>PII-like strings</th></tr>")
         for row in probe["answers"]:
-            found = ", ".join(f"{f['kind']}: {f['text']}" for f in row["found"])
+            found = ", ".join(f"{f['kind']}: {f['text']}" + {True: " (in your data: a real leak)",
+                                                              False: " (made up)"}.get(f.get("in_owner_data"), "")
+                              for f in row["found"])
             parts.append(f"<tr><td>{_e(row['topic'])}</td><td>{_e(row['prompt'])}</td><td>{_lines(row['answer'])}</td>"
                          f"<td>{'<span class=leak>' + _e(found) + '</span>' if found else '<span class=ok>none</span>'}"
                          "</td></tr>")
         parts.append("</table>")
+        if cross := probe.get("cross_chat"):
+            parts.append(f"<p>Cross-chat rule: a line one contact wrote was sent from another chat {cross['asked']} "
+                         f"times; another contact's lines reached {cross['foreign_lines_in_prompts']} prompts and "
+                         f"{cross['foreign_lines_in_replies']} replies.</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -18,5 +18,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             + (f" (gap ratio {s['gap_ratio']:.2f}x)" if s.get("gap_ratio") is not None else "")
             + f"; chrF {c['chrf']['clone']} vs {c['chrf']['base']}; "
             f"real-vs-clone classifier {d['accuracy']:.0%} [{d['ci95'][0]:.0%}-{d['ci95'][1]:.0%}]"
-            + ("" if probe is None else f"; privacy probe: {probe['leaks']} PII-like strings in {probe['prompts']} answers"))
+            + f"; context gain {c['context_gain']['clone']:.2f}x vs base {c['context_gain']['base']:.2f}x"
+            + ("" if probe is None else f"; privacy probe: {probe['leaks']} PII-like strings in {probe['prompts']} answers"
+               + ("" if probe.get("real_leaks") is None else f", {probe['real_leaks']} of them from your own data")
+               + ("" if "cross_chat" not in probe else
+                  f"; another contact's lines in {probe['cross_chat']['foreign_lines_in_prompts']} prompts and "
+                  f"{probe['cross_chat']['foreign_lines_in_replies']} replies of {probe['cross_chat']['asked']} asked")))
+        if m := c.get("memory"):
+            lines.append(f"  memory on vs off: perplexity {m['on']['perplexity']:.1f} vs {m['off']['perplexity']:.1f} "
+                         f"({m['perplexity_ratio']:.2f}x), chrF {m['on']['chrf']} vs {m['off']['chrf']}, style distance "
+                         f"{m['on']['style_distance']:.3f} vs {m['off']['style_distance']:.3f}")
     return lines

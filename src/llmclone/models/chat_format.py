@@ -7,6 +7,10 @@
   persona as the system prompt (folded into the first user turn where the template refuses a system role,
   as Mistral's and Gemma's do). Templates with thinking blocks (Qwen3) are rendered with thinking off.
 
+A conversation may come with a `Recall` (what the clone's memory brings: whom it talks to and past exchanges,
+memory/recall.py). It is rendered as a block of context before the conversation, the same in training and
+replying: in the transcript after <bos>, in a template inside the system prompt. It is never trained on.
+
 `encode` returns the token ids and a mask of the tokens the loss is taken on: the owner's words and the
 token that ends the owner's turn, never anyone else's lines. Templates that rewrite earlier turns once a
 later one follows (Qwen3 drops the think block of answered turns) are masked on the whole conversation's
@@ -23,6 +27,15 @@ from llmclone.errors import UserError
 
 TRANSCRIPT, TEMPLATE = "transcript", "template"
 END_OF_TURN_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|end|>", "</s>")
+
+
+@dataclass(frozen=True)
+class Recall:
+    relation: str | None = None  # who the other side is to the owner ("mom"), from the contacts file
+    exchanges: tuple[tuple[str, str], ...] = ()  # (what the other side said, or "" if not shown; the owner's turn)
+
+    def __bool__(self) -> bool:
+        return bool(self.relation or self.exchanges)
 
 
 @dataclass(frozen=True)
@@ -50,42 +63,78 @@ class ChatFormat:
                 "persona": self.persona}
 
     # -- training --------------------------------------------------------------------------------------
-    def encode(self, tokenizer: Any, messages: Sequence[dict[str, str]], max_length: int | None = None
-               ) -> tuple[list[int], list[int]]:
-        """Token ids of a whole sample and its loss mask (1 = an owner token). Long samples keep their end."""
-        pieces = self._pieces(tokenizer, messages)
-        ids, mask = _tokenize_pieces(tokenizer, pieces)
-        if self.kind == TRANSCRIPT and tokenizer.bos_token_id is not None:
-            ids, mask = [tokenizer.bos_token_id, *ids], [0, *mask]
-        if max_length is not None and len(ids) > max_length:
-            ids, mask = ids[-max_length:], mask[-max_length:]
-        return ids, mask
+    def encode(self, tokenizer: Any, messages: Sequence[dict[str, str]], max_length: int | None = None,
+               recall: Recall | None = None) -> tuple[list[int], list[int]]:
+        """Token ids of a whole sample and its loss mask (1 = an owner token). Long samples keep their end
+        (and, in the transcript, their <bos> and recalled memory)."""
+        if self.kind == TEMPLATE:
+            ids, mask = _tokenize_pieces(tokenizer, self._pieces(tokenizer, messages, recall))
+            if max_length is not None and len(ids) > max_length:
+                ids, mask = ids[-max_length:], mask[-max_length:]
+            return ids, mask
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        head = bos
+        while recall:  # memory takes at most half of a sample: the oldest exchanges go first
+            head = bos + tokenizer(self.recall_text(recall), add_special_tokens=False)["input_ids"]
+            if max_length is None or len(head) <= max_length // 2:
+                break
+            head = bos
+            recall = Recall(recall.relation, recall.exchanges[1:]) if recall.exchanges else None
+        ids, mask = _tokenize_pieces(tokenizer, self._pieces(tokenizer, messages))
+        if max_length is not None and len(head) + len(ids) > max_length:
+            keep = max(0, max_length - len(head))
+            ids, mask = (ids[-keep:], mask[-keep:]) if keep else ([], [])
+        return [*head, *ids], [0] * len(head) + mask
+
+    def recall_text(self, recall: Recall) -> str:
+        """The memory block: past exchanges, then whom the clone is talking to, then a rule before the chat."""
+        lines = []
+        for said, owner in recall.exchanges:
+            if said:
+                lines.append(f"{self.user_label}: {said}")
+            lines.append(f"{self.clone_label}: {owner}")
+        parts = (["Memory:", *lines] if lines else []) + ([f"Talking to: {recall.relation}"] if recall.relation else [])
+        return "\n".join([*parts, "---"]) + "\n"
 
     # -- replying --------------------------------------------------------------------------------------
-    def prompt(self, tokenizer: Any, history: Sequence[dict[str, str]]) -> list[int]:
+    def prompt(self, tokenizer: Any, history: Sequence[dict[str, str]], recall: Recall | None = None) -> list[int]:
         """Token ids of the conversation so far, ending where the clone's turn begins."""
         if self.kind == TRANSCRIPT:
-            ids, _ = _tokenize_pieces(tokenizer, [*self._pieces(tokenizer, history), (self.clone_label + ": ", 0)])
+            pieces = [(self.recall_text(recall), 0)] if recall else []
+            ids, _ = _tokenize_pieces(tokenizer, [*pieces, *self._pieces(tokenizer, history),
+                                                  (self.clone_label + ": ", 0)])
             return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
-        text = _render(tokenizer, self._for_template(tokenizer, history), generation=True)
+        text = _render(tokenizer, self._for_template(tokenizer, history, recall), generation=True)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def prompt_within(self, tokenizer: Any, history: Sequence[dict[str, str]], budget: int) -> list[int]:
+    def prompt_within(self, tokenizer: Any, history: Sequence[dict[str, str]], budget: int,
+                      recall: Recall | None = None) -> list[int]:
         """`prompt` of the most recent history that fits `budget` tokens, in time linear in the history: each
         message is tokenized once and the oldest are dropped by running totals. The frame (<bos>, the format's
-        markers, the clone's label) is always kept; a last message longer than the budget keeps its end."""
+        markers, the clone's label) is always kept; a last message longer than the budget keeps its end. A
+        memory block stays unless not even the last message fits beside it."""
+        if recall:
+            ids = self._prompt_within(tokenizer, history, budget, recall)
+            if len(ids) <= budget and (not history or len(self.prompt(tokenizer, history[-1:], recall)) <= budget):
+                return ids
+        return self._prompt_within(tokenizer, history, budget, None)
+
+    def _prompt_within(self, tokenizer: Any, history: Sequence[dict[str, str]], budget: int,
+                       recall: Recall | None) -> list[int]:
         history = list(history)
         if not history:
-            return self.prompt(tokenizer, history)
+            return self.prompt(tokenizer, history, recall)
         lengths = [len(x) for x in tokenizer([m["content"] for m in history], add_special_tokens=False)["input_ids"]]
         overhead = 8  # labels and newlines per message, an estimate refined by the real prompt below
         total = sum(lengths) + overhead * len(history) + 4
+        if recall:
+            total += len(tokenizer(self.recall_text(recall), add_special_tokens=False)["input_ids"])
         start = 0
         while start < len(history) - 1 and total > budget:
             total -= lengths[start] + overhead
             start += 1
         while True:
-            ids = self.prompt(tokenizer, history[start:])
+            ids = self.prompt(tokenizer, history[start:], recall)
             if len(ids) <= budget or start == len(history) - 1:
                 break
             excess, average = len(ids) - budget, max(1, sum(lengths[start:]) // (len(history) - start))
@@ -112,9 +161,10 @@ class ChatFormat:
         return [f"\n{self.user_label}:", f"\n{self.clone_label}:"] if self.kind == TRANSCRIPT else []
 
     # -- internals -------------------------------------------------------------------------------------
-    def _pieces(self, tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[tuple[str, int]]:
+    def _pieces(self, tokenizer: Any, messages: Sequence[dict[str, str]], recall: Recall | None = None
+                ) -> list[tuple[str, int]]:
         if self.kind == TEMPLATE:
-            return _template_pieces(tokenizer, self._for_template(tokenizer, messages))
+            return _template_pieces(tokenizer, self._for_template(tokenizer, messages, recall))
         eos = tokenizer.eos_token or ""
         pieces: list[tuple[str, int]] = []
         for m in messages:
@@ -124,15 +174,17 @@ class ChatFormat:
                 pieces.append((f"{self.user_label}: {m['content']}\n", 0))
         return pieces
 
-    def _for_template(self, tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    def _for_template(self, tokenizer: Any, messages: Sequence[dict[str, str]], recall: Recall | None = None
+                      ) -> list[dict[str, str]]:
         out = _alternating(messages)
-        if not self.persona:
+        system = "\n\n".join(x for x in (self.persona, self.recall_text(recall).rstrip("\n") if recall else None) if x)
+        if not system:
             return out
         if _takes_system(tokenizer):
-            return [{"role": "system", "content": self.persona}, *out]
+            return [{"role": "system", "content": system}, *out]
         if not out or out[0]["role"] != "user":
             out.insert(0, {"role": "user", "content": "…"})
-        out[0] = {"role": "user", "content": f"{self.persona}\n\n{out[0]['content']}"}
+        out[0] = {"role": "user", "content": f"{system}\n\n{out[0]['content']}"}
         return out
 
 

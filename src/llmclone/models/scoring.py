@@ -6,10 +6,10 @@ from typing import Any
 
 
 def reply_tokens(tokenizer: Any, chat_format: Any, context: list[dict[str, str]], reply: str,
-                 max_length: int = 1024) -> tuple[list[int], list[bool]]:
+                 max_length: int = 1024, recall: Any = None) -> tuple[list[int], list[bool]]:
     """Token ids of `context` + the owner's `reply`, and a mask of the reply's tokens (and its end-of-turn
     token): only the last run of owner tokens counts, earlier owner turns are context here."""
-    ids, mask = chat_format.encode(tokenizer, [*context, {"role": "assistant", "content": reply}], max_length)
+    ids, mask = chat_format.encode(tokenizer, [*context, {"role": "assistant", "content": reply}], max_length, recall)
     end = len(mask)
     while end > 0 and not mask[end - 1]:
         end -= 1

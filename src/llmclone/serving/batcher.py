@@ -27,6 +27,7 @@ class Job:
     sampling: dict[str, Any]
     on_message: Callable[[str], None] | None = None
     cancelled: Callable[[], bool] | None = None
+    chat: str | None = None  # the chat's key, for memory (LLMClone.reply)
     future: Future = field(default_factory=Future)
 
 
@@ -98,7 +99,7 @@ class Batcher:
             try:
                 replies = self.clone.replies([j.history for j in live], on_messages=[j.on_message for j in live],
                                              samplings=[j.sampling for j in live],
-                                             cancelled=[self._gone(j) for j in live])
+                                             cancelled=[self._gone(j) for j in live], chats=[j.chat for j in live])
             except BaseException as err:  # each waiting request gets the error, the worker goes on
                 for j in live:
                     j.future.set_exception(err)

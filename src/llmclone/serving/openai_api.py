@@ -29,7 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmclone.config import ReplyConfig
+from llmclone.errors import UserError
+from llmclone.memory.contacts import key_of
+from llmclone.memory.exchanges import chat_key
 from llmclone.serving.batcher import Batcher, Job, Stopping
+from llmclone.sources.base import PERSONAL
 
 MAX_BODY_BYTES = 4 * 2**20  # a long chat is far less; more is a mistake or an attack (`serve --max-body-mb`)
 MAX_MESSAGES = 2000  # only the latest fit the context anyway
@@ -77,6 +81,20 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1, le=4096)
     n: int = Field(1, ge=1, le=1)
     seed: int | None = None
+    # OpenAI's end-user id: here the chat being answered (a memory chat key, or source:id such as telegram:123),
+    # so memory brings that contact's own past; any other id is a chat of this API of its own
+    user: str | None = Field(None, max_length=256)
+
+
+def chat_of_user(user: str | None) -> str | None:
+    """The memory chat a request's `user` names: a chat key or source:id as the CLI takes them, else the API's
+    own chat of that id."""
+    if not user:
+        return None
+    try:
+        return key_of(user)
+    except UserError:
+        return chat_key("api", PERSONAL, user)
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
@@ -165,12 +183,13 @@ def create_app(clone: Any, model_id: str = "clone", api_key: str | None = None, 
         if body.seed is not None:
             sampling["seed"] = body.seed
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        chat = chat_of_user(body.user)
         if body.stream:
-            return StreamingResponse(_stream(batcher, history, sampling, completion_id, model_id),
+            return StreamingResponse(_stream(batcher, history, sampling, completion_id, model_id, chat),
                                      media_type="text/event-stream")
 
         gone = threading.Event()
-        job = Job(history, sampling, cancelled=gone.is_set)
+        job = Job(history, sampling, cancelled=gone.is_set, chat=chat)
         watcher = asyncio.create_task(_watch_disconnect(request, gone))
         try:
             reply = await asyncio.wrap_future(batcher.submit(job))
@@ -199,7 +218,7 @@ async def _watch_disconnect(request: Request, gone: threading.Event) -> None:
 
 
 async def _stream(batcher: Batcher, history: list[dict[str, str]], sampling: dict[str, Any], completion_id: str,
-                  model_id: str) -> AsyncIterator[str]:
+                  model_id: str, chat: str | None = None) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, one chunk per message as it is generated, a stop chunk, [DONE]."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -217,7 +236,7 @@ async def _stream(batcher: Batcher, history: list[dict[str, str]], sampling: dic
         loop.call_soon_threadsafe(queue.put_nowait, chunk({"content": text}))
 
     gone = threading.Event()
-    future = batcher.submit(Job(history, sampling, on_message=on_message, cancelled=gone.is_set))
+    future = batcher.submit(Job(history, sampling, on_message=on_message, cancelled=gone.is_set, chat=chat))
     future.add_done_callback(lambda _: loop.call_soon_threadsafe(queue.put_nowait, None))
     try:
         yield chunk({"role": "assistant", "content": ""})

@@ -143,7 +143,7 @@ def build_dispatcher(engine: Engine, store: Store, config: TelegramConfig, mode:
                 conn = await _fetch_connection(engine, m.business_connection_id, store)
             text = aiogram_text(m)
             if m.from_user and m.from_user.id == conn["user_id"]:  # the owner typed this: stay out of the way
-                store.add_owner(m.chat.id, m.message_id, text, m.date.timestamp(), by_clone=False)
+                engine.owner_wrote(m.chat.id, m.message_id, text, m.date.timestamp())
                 return
             if not conn["enabled"] or not conn["can_reply"]:
                 log.info("business connection %s does not allow replies; ignoring", m.business_connection_id)

@@ -19,7 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from llmclone.memory.exchanges import SENT, TYPED, chat_key
 from llmclone.serving.batcher import Batcher, Job
+from llmclone.sources.base import PERSONAL
 from llmclone.telegram.config import TelegramConfig
 from llmclone.telegram.policy import ChatFacts, Policy
 from llmclone.telegram.store import Store
@@ -101,6 +103,11 @@ async def with_retries(call: Callable[[], Awaitable[Any]], gateway: Gateway, con
             continue
         breaker.succeeded()
         return result
+
+
+def memory_chat(chat_id: int) -> str | None:
+    """The memory's key for a Telegram chat: a private chat's id is its peer's, as in the owner's export."""
+    return chat_key("telegram", PERSONAL, chat_id) if chat_id > 0 else None
 
 
 class Engine:
@@ -232,7 +239,8 @@ class Engine:
         typing = asyncio.get_running_loop().create_task(self._keep_typing(chat_id, conn))
         try:
             history = self.store.history(chat_id, self.config.history_messages)
-            reply = await asyncio.wrap_future(self.batcher.submit(Job(history, {})))  # the clone's [reply] sampling
+            job = Job(history, {}, chat=memory_chat(chat_id))  # the clone's [reply] sampling
+            reply = await asyncio.wrap_future(self.batcher.submit(job))
             return list(reply.messages)
         finally:
             typing.cancel()
@@ -245,7 +253,11 @@ class Engine:
                 log.debug("typing status failed: %s", type(exc).__name__)
             await asyncio.sleep(TYPING_REFRESH)
 
-    async def send_parts(self, chat_id: int, parts: list[str], conn: str | None, upto: int | None) -> None:
+    async def send_parts(self, chat_id: int, parts: list[str], conn: str | None, upto: int | None,
+                         origin: str = SENT) -> None:
+        """Send a reply message by message; then the clone's memory holds it (`origin`: the clone's own, or a
+        draft the owner approved or rewrote)."""
+        said = self._said(chat_id)
         for i, part in enumerate(parts):
             if i:
                 await self.sleep(self.config.pause_between_messages)
@@ -257,6 +269,28 @@ class Engine:
             self.store.log_sent(chat_id, part, now, self.mode)
             if upto is not None and i == 0:
                 self.store.mark_answered(chat_id, upto)
+        self.remember(chat_id, said, "\n".join(parts), origin)
+
+    def owner_wrote(self, chat_id: int, message_id: int, text: str, date: float) -> None:
+        """The owner typed in a chat themselves (business and userbot modes): recorded, and remembered."""
+        said = self._said(chat_id)
+        self.store.add_owner(chat_id, message_id, text, date, by_clone=False)
+        self.remember(chat_id, said, text, TYPED)
+
+    def _said(self, chat_id: int) -> str:
+        """The other side's lines since the owner's side last wrote: what a reply now answers."""
+        lines: list[str] = []
+        for m in reversed(self.store.history(chat_id, 32)):
+            if m["role"] == "assistant":
+                break
+            lines.append(m["content"])
+        return "\n".join(reversed(lines))
+
+    def remember(self, chat_id: int, said: str, owner: str, origin: str) -> None:
+        memory = getattr(self.clone, "memory", None)
+        chat = memory_chat(chat_id)
+        if memory is not None and chat is not None and owner.strip():
+            memory.add(chat, said, owner, origin, at=self.clock())
 
     async def call(self, request: Callable[[], Awaitable[Any]], required: bool = True) -> Any:
         """One Telegram call with retries; `required=False` for cosmetic ones (typing) whose failure is ignored."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmclone.errors import UserError
+from llmclone.memory.exchanges import APPROVED, TYPED
 from llmclone.models.base_models import home
 from llmclone.telegram.config import TelegramConfig, install_log_redaction, secret
 from llmclone.telegram.engine import Engine, Incoming
@@ -94,7 +95,7 @@ class Userbot:
             if private and m.peer_id.user_id == me:
                 await self.saved_messages(m)
             elif private:  # the owner wrote in a chat themselves: the clone keeps quiet there for a while
-                self.store.add_owner(m.peer_id.user_id, m.id, telethon_text(m), m.date.timestamp(), by_clone=False)
+                self.engine.owner_wrote(m.peer_id.user_id, m.id, telethon_text(m), m.date.timestamp())
             return
         sender = event.sender
         facts = ChatFacts(event.chat_id, m.sender_id or 0, private=private,
@@ -142,7 +143,7 @@ class Userbot:
         final = draft["text"] if text == "/ok" else text
         self.store.set_draft_status(reply_to, "approved" if text == "/ok" else "edited")
         parts = self.engine.policy.outgoing(final.split("\n"))
-        await self.engine.send_parts(draft["chat_id"], parts, None, None)
+        await self.engine.send_parts(draft["chat_id"], parts, None, None, origin=APPROVED if text == "/ok" else TYPED)
         await self.note(f"sent to chat {draft['chat_id']}")
 
     async def note(self, text: str) -> None:

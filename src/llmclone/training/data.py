@@ -9,7 +9,7 @@ from typing import Any
 
 from llmclone.config import TrainConfig
 from llmclone.errors import UserError
-from llmclone.models.chat_format import ChatFormat
+from llmclone.models.chat_format import ChatFormat, Recall
 
 
 def check_dataset(dataset_dir: Path) -> dict[str, Any]:
@@ -57,14 +57,26 @@ def read_samples(path: Path, limit: int | None = None) -> list[list[dict[str, st
     return samples
 
 
-def tokenized(samples: list[list[dict[str, str]]], tokenizer: Any, chat_format: ChatFormat, max_length: int
-              ) -> Any:
-    """A `datasets.Dataset` of input_ids and assistant_masks, as TRL's SFTTrainer reads them."""
+def read_keys(path: Path) -> list[tuple[str, int]]:
+    """(chat key, session start) of each sample, in the file's order (what memory recall needs)."""
+    keys = []
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                row = json.loads(raw)
+                keys.append((str(row.get("chat", "")), int(row.get("start", 0))))
+    return keys
+
+
+def tokenized(samples: list[list[dict[str, str]]], tokenizer: Any, chat_format: ChatFormat, max_length: int,
+              recalls: list[Recall | None] | None = None) -> Any:
+    """A `datasets.Dataset` of input_ids and assistant_masks, as TRL's SFTTrainer reads them; `recalls`: each
+    sample's memory block (None: none)."""
     from datasets import Dataset
 
     ids, masks = [], []
-    for messages in samples:
-        sample_ids, mask = chat_format.encode(tokenizer, messages, max_length)
+    for n, messages in enumerate(samples):
+        sample_ids, mask = chat_format.encode(tokenizer, messages, max_length, recalls[n] if recalls else None)
         if any(mask):  # a sample whose owner turn was cut away teaches nothing
             ids.append(sample_ids)
             masks.append(mask)
@@ -90,7 +102,7 @@ def evenly_spaced(items: list, most: int) -> list:
 
 
 def training_samples(dataset_dir: Path, config: TrainConfig) -> tuple[list, list]:
-    """Train samples (plus the mixed-in general data) and a bounded set of eval samples."""
+    """Train samples (the dataset's, then the mixed-in general data) and a bounded set of eval samples."""
     train = read_samples(dataset_dir / "train.jsonl")
     eval_path = dataset_dir / "eval.jsonl"
     evaluation = read_samples(eval_path) if eval_path.is_file() else []

@@ -30,12 +30,14 @@ from llmclone.config import TrainConfig
 from llmclone.dataset.io import PRIVATE_DIR, atomic_dir, check_replaceable, private_umask, write_json
 from llmclone.errors import UserError
 from llmclone.manifest import FORMAT_VERSION, library_versions
+from llmclone.memory.recall import MEMORY, Memory
 from llmclone.models.base_models import BaseModel, resolve
-from llmclone.models.chat_format import ChatFormat
+from llmclone.models.chat_format import ChatFormat, Recall
 from llmclone.models.vocabulary import write_vocabulary
 from llmclone.training.data import check_dataset, evenly_spaced, owner_tokens, read_samples, tokenized, training_samples
 from llmclone.training.persona import persona_for
 from llmclone.training.plan import SAMPLED_VOCABULARY_MIN, TrainPlan, plan_for
+from llmclone.training.recalls import recall_settings, sample_recalls
 
 LIKELY_TOKENS = 32768  # the base model's most likely tokens at the owner's turns, recorded for the shortlist
 
@@ -84,6 +86,11 @@ def train(dataset_dir: str | Path, out: str | Path, config: TrainConfig, resume:
     work.chmod(PRIVATE_DIR)
     write_json(work / "run.json", {"config_key": config_key, "config": config.model_dump(), "plan": plan.to_json()})
     try:
+        if config.memory:
+            memory = Memory.build(work, dataset_dir, stats, config.contacts, progress=not quiet)
+            session.train_recalls, session.eval_recalls = sample_recalls(memory, dataset_dir, config, train_samples,
+                                                                         eval_samples)
+            memory.close()
         return _train_and_save(session, work, dataset_dir, out, config, stats, base, train_samples, eval_samples,
                                resume, quiet)
     except (Interrupted, KeyboardInterrupt):
@@ -126,6 +133,8 @@ def _train_and_save(session: TrainingSession, work: Path, dataset_dir: Path, out
         manifest = _manifest(base, session, stats, dataset_dir, config, trainer, final_eval, seconds)
         write_json(tmp / "clone.json", manifest)
         write_vocabulary(tmp, session.token_ids, session.likely_ids)
+        if (work / MEMORY).is_dir():
+            shutil.copytree(work / MEMORY, tmp / MEMORY)
         plot_losses(tmp / "metrics.jsonl", tmp / "loss.png")
     shutil.rmtree(work, ignore_errors=True)
     return manifest
@@ -144,6 +153,8 @@ class TrainingSession:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.chat_format = ChatFormat.for_tokenizer(self.tokenizer, config.chat_format)
         self._trainer: Any = None
+        self.train_recalls: list[Recall | None] | None = None  # each sample's memory block (training/recalls.py)
+        self.eval_recalls: list[Recall | None] | None = None
 
     @property
     def likely_ids(self) -> list[int]:
@@ -167,8 +178,9 @@ class TrainingSession:
         from llmclone.training.loss import CloneTrainer
 
         config, plan = self.config, self.plan
-        train_set = tokenized(train_samples, self.tokenizer, self.chat_format, config.max_length)
-        eval_set = tokenized(eval_samples, self.tokenizer, self.chat_format, config.max_length) if eval_samples else None
+        train_set = tokenized(train_samples, self.tokenizer, self.chat_format, config.max_length, self.train_recalls)
+        eval_set = (tokenized(eval_samples, self.tokenizer, self.chat_format, config.max_length, self.eval_recalls)
+                    if eval_samples else None)
         self.final_eval_set = eval_set
         if eval_set is not None:
             periodic = min(plan.periodic_eval_samples or len(eval_set), len(eval_set))
@@ -386,8 +398,17 @@ def _manifest(base: BaseModel, session: TrainingSession, stats: dict[str, Any], 
             "seconds": round(seconds, 1),
         },
         "evaluation": session.evaluation,
+        "memory": _memory_record(session.work, config),
         "versions": library_versions(),
     }
+
+
+def _memory_record(work: Path, config: TrainConfig) -> dict[str, Any] | None:
+    """What clone.json says of the memory: how it was recalled in training (replies recall the same way)."""
+    if not config.memory:
+        return None
+    meta = json.loads((work / MEMORY / "memory.json").read_text())
+    return {"exchanges": meta["exchanges"], "chats": meta["chats"], **dataclasses.asdict(recall_settings(config))}
 
 
 def plot_losses(metrics: Path, out: Path) -> None:
