@@ -266,3 +266,22 @@ def test_a_clone_trained_with_memory_draws_on_what_it_recalls(tmp_path: Path) ->
     wrong = [loss / n for loss, n in clone.reply_losses(cases, recalls=other)]
     assert sum(r < w for r, w in zip(right, wrong, strict=True)) >= 10
     assert sum(right) / len(right) < sum(wrong) / len(wrong) - 0.5
+
+
+def test_replies_use_memory_as_the_clone_was_trained(tiny_model: Path, example_dataset: Path, tmp_path: Path) -> None:
+    from llmclone.clone import LLMClone
+    from llmclone.config import TrainConfig
+    from llmclone.memory import manage
+    from llmclone.training.trainer import train
+
+    clone = tmp_path / "plain"
+    config = TrainConfig(model=str(tiny_model), max_steps=2, batch_tokens=512, max_length=256, max_eval_samples=2,
+                         memory=False)
+    manifest = train(example_dataset, clone, config, quiet=True)
+    assert manifest["memory"] is None and not (clone / "memory").exists()
+    assert LLMClone.load(clone).memory is None
+    with pytest.raises(UserError, match="llmclone memory build"):
+        LLMClone.load(clone, memory="on")
+    manage.build(clone, example_dataset)
+    assert LLMClone.load(clone).memory is None  # built afterwards: used when asked for, not by default
+    assert LLMClone.load(clone, memory="on").memory is not None

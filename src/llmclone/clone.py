@@ -105,7 +105,7 @@ class LLMClone:
         """The memory, recalled as in training: "auto" when the clone was trained with one, "on" always."""
         assert self.clone_dir is not None and self.manifest is not None
         trained = self.manifest.get("memory")
-        if wanted == "off" or (wanted == "auto" and not trained):
+        if wanted == "off" or (wanted == "auto" and not (trained and trained.get("trained", True))):
             return
         self.memory = Memory.load(self.clone_dir)  # "on" without one: says how to build it
         if trained:

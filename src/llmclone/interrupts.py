@@ -17,12 +17,14 @@ from types import FrameType
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _requested = False
+_deferring = 0
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
     global _requested
     _requested = True
-    raise KeyboardInterrupt
+    if not _deferring:
+        raise KeyboardInterrupt
 
 
 def install() -> None:
@@ -39,13 +41,18 @@ def check() -> None:
 
 @contextmanager
 def deferred() -> Iterator[None]:
-    """Hold SIGTERM and Ctrl-C until the block is done; processes started inside inherit the hold and
-    call `release()` once their own handlers are set."""
+    """Hold SIGTERM and Ctrl-C until the block is done, then raise a stop asked for meanwhile. Another thread
+    may take the signal (the mask is per thread), so the handler itself waits too; processes started inside
+    inherit the mask and call `release()` once their own handlers are set."""
+    global _deferring
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    _deferring += 1
     try:
         yield
     finally:
+        _deferring -= 1
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    check()
 
 
 def release() -> None:

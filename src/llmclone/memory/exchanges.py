@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from llmclone.errors import UserError
+
 DATASET, TYPED, APPROVED, SENT = "dataset", "typed", "approved", "sent"  # where an exchange came from
 
 
@@ -34,11 +36,15 @@ def exchanges_of_dataset(train_jsonl: Path) -> Iterator[Exchange]:
     """Each training sample's last owner turn with the lines just before it (each owner turn ends exactly one
     sample, so each appears once)."""
     with open(train_jsonl, "rb") as f:
-        for raw in f:
+        for n, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
-            row = orjson.loads(raw)
-            yield exchange_of(row["messages"], str(row.get("chat", "")), int(row.get("start", 0)))
+            try:
+                row = orjson.loads(raw)
+                yield exchange_of(row["messages"], str(row.get("chat", "")), int(row.get("start", 0)))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError):
+                raise UserError(f"{train_jsonl}:{n} is not a training sample; create the dataset with llmclone "
+                                "ingest.") from None
 
 
 def exchange_of(messages: list[dict[str, str]], chat: str, start: int, origin: str = DATASET) -> Exchange:

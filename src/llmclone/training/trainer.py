@@ -408,7 +408,8 @@ def _memory_record(work: Path, config: TrainConfig) -> dict[str, Any] | None:
     if not config.memory:
         return None
     meta = json.loads((work / MEMORY / "memory.json").read_text())
-    return {"exchanges": meta["exchanges"], "chats": meta["chats"], **dataclasses.asdict(recall_settings(config))}
+    return {"trained": True, "exchanges": meta["exchanges"], "chats": meta["chats"],
+            **dataclasses.asdict(recall_settings(config))}
 
 
 def plot_losses(metrics: Path, out: Path) -> None:
