@@ -229,6 +229,37 @@ def test_report_for_a_tiny_clone(tiny_clone: Path, example_dataset: Path, tmp_pa
                                  for e in report["examples"]]  # deterministic given the seed
 
 
+def test_context_gain_scores_each_reply_after_another_chats_context() -> None:
+    from llmclone.evaluation.evaluate import Case, _other_context_losses
+
+    cases = [Case([{"role": "user", "content": f"context {i}"}], [f"reply {i}"], chat) for i, chat in
+             enumerate(["a", "a", "b", "c"])]
+    seen: list = []
+
+    class Clone:  # a clone that knows which context each reply belongs to: 1 nat a token when right, 3 when not
+        runtime = None
+
+        def reply_losses(self, pairs: list, base: bool = False, batch: int = 8, recalls: list | None = None) -> list:
+            seen.extend(zip(pairs, recalls or [None] * len(pairs), strict=True))
+            return [(1.0 if context[0]["content"][-1] == reply[-1] else 3.0, 1) for context, reply in pairs]
+
+    losses = _other_context_losses(Clone(), cases, EvalOptions(), recalls=["ra", "ra2", "rb", "rc"])
+    assert [(p[0][0]["content"], p[1], r) for p, r in seen] == [
+        ("context 2", "reply 0", "rb"), ("context 2", "reply 1", "rb"), ("context 3", "reply 2", "rc"),
+        ("context 0", "reply 3", "ra")]  # the next case from another chat, with its recall
+    assert metrics.perplexity(losses) == pytest.approx(math.exp(3.0))
+
+
+def test_style_per_contact_takes_the_chats_with_most_cases() -> None:
+    from llmclone.evaluation.evaluate import Case, _per_contact
+
+    chats = ["a"] * 10 + ["b"] * 9 + ["c"] * 3
+    cases = [Case([], ["ok))", "да"] if c == "a" else ["Hello there."], c, i) for i, c in enumerate(chats)]
+    rows = _per_contact(cases, [c.real for c in cases], [["Something else entirely!"]] * len(cases))
+    assert [(r["chat"], r["cases"]) for r in rows] == [("a", 10), ("b", 9)]  # "c": too few cases to say
+    assert all(r["clone"] == 0 and r["base"] > 0 for r in rows)  # the clone that answers as the owner did
+
+
 def test_noise_floor_and_gap_ratio() -> None:
     from llmclone.evaluation.evaluate import _add_floor
 

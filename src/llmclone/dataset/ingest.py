@@ -360,7 +360,6 @@ def _parallel(export: Export, select: Selector, tally: Tally,
         for batch in _batches(chain([first], items)):
             with interrupts.deferred():  # the first submit starts the workers: never stop half-way through that
                 pending.append(pool.submit(_samples_of_batch, batch))
-            interrupts.check()
             while len(pending) >= 2 * workers:
                 collect(pending.popleft())
         while pending:

@@ -200,6 +200,10 @@ def _evaluate_clone(clone_dir: Path, manifest: dict[str, Any], cases: list[Case]
             "curves": (clone_dir.name, curves)}
 
 
+def _batch(clone: Any, options: EvalOptions) -> int:
+    return options.batch or (16 if clone.runtime is not None and clone.runtime.cuda else 4)
+
+
 def _other_context_losses(clone: Any, cases: list[Case], options: EvalOptions, recalls: list[Any] | None,
                           base: bool = False) -> list[tuple[float, int]]:
     """Loss of each real reply after the context (and recalled memory) of another held-out conversation: the
@@ -207,7 +211,7 @@ def _other_context_losses(clone: Any, cases: list[Case], options: EvalOptions, r
     n = len(cases)
     other = [next((j % n for j in range(i + 1, i + n) if cases[j % n].chat != cases[i].chat), (i + 1) % n)
              for i in range(n)]
-    batch = options.batch or (16 if clone.runtime is not None and clone.runtime.cuda else 4)
+    batch = _batch(clone, options)
     pairs = [(cases[j].context, "\n".join(cases[i].real)) for i, j in enumerate(other)]
     return clone.reply_losses(pairs, base=base, batch=batch, recalls=[recalls[j] for j in other] if recalls else None)
 
@@ -236,7 +240,7 @@ def _answer_all(clone: Any, cases: list[Case], options: EvalOptions, desc: str, 
     in batches: the same numbers as one case at a time (tests/test_eval.py), several cases per forward pass."""
     from tqdm import tqdm
 
-    batch = options.batch or (16 if clone.runtime is not None and clone.runtime.cuda else 4)
+    batch = _batch(clone, options)
     losses: list[tuple[float, int]] = []
     replies: list[list[str]] = []
     with tqdm(total=len(cases), desc=desc, unit="case", disable=not options.progress) as bar:

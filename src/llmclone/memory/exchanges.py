@@ -47,11 +47,11 @@ def exchanges_of_dataset(train_jsonl: Path) -> Iterator[Exchange]:
                                 "ingest.") from None
 
 
-def exchange_of(messages: list[dict[str, str]], chat: str, start: int, origin: str = DATASET) -> Exchange:
+def exchange_of(messages: list[dict[str, str]], chat: str, start: int) -> Exchange:
     """The last owner turn of `messages` and the other side's lines right before it."""
     said: list[str] = []
     for m in reversed(messages[:-1]):
         if m["role"] == "assistant":
             break
         said.append(m["content"])
-    return Exchange(chat, start, "\n".join(reversed(said)), messages[-1]["content"], origin)
+    return Exchange(chat, start, "\n".join(reversed(said)), messages[-1]["content"])

@@ -63,24 +63,13 @@ class Memory:
         known = set(index.codes)
         contacts = read_contacts(contacts_file, known) if contacts_file else None
         target = clone_dir / MEMORY
-        live = target / "live.sqlite"
-        old_contacts = target / "contacts.json"
-        with atomic_dir(target, force=True, what="memory") as tmp:
-            with open(tmp / "exchanges.jsonl", "wb") as f:
-                for e in exchanges:
-                    f.write(orjson.dumps(e.to_json()) + b"\n")
-            index.save(tmp / "index")
-            if contacts is None and old_contacts.is_file():
-                contacts = {k: v for k, v in json.loads(old_contacts.read_text()).items() if k in known}
-            write_json(tmp / "contacts.json", contacts or {})
-            for side in (live, live.with_name("live.sqlite-wal"), live.with_name("live.sqlite-shm")):
-                if side.exists():
-                    shutil.copy2(side, tmp / side.name)
-            meta = {"format": FORMAT, "owner": (stats.get("owner") or {}).get("key"),
-                    "dataset_digest": stats.get("dataset_digest"), "exchanges": len(exchanges), "chats": len(known),
-                    "seconds": round(time.perf_counter() - started, 2)}
-            write_json(tmp / "memory.json", meta)
-            _private(tmp)
+        if contacts is None and (target / "contacts.json").is_file():  # a rebuild keeps the relations it had
+            old = json.loads((target / "contacts.json").read_text(encoding="utf-8"))
+            contacts = {k: v for k, v in old.items() if k in known}
+        meta = {"format": FORMAT, "owner": (stats.get("owner") or {}).get("key"),
+                "dataset_digest": stats.get("dataset_digest"), "exchanges": len(exchanges), "chats": len(known),
+                "seconds": round(time.perf_counter() - started, 2)}
+        _write(target, exchanges, index, contacts or {}, meta)
         if progress:
             print(f"memory: {len(exchanges):,} exchanges from {len(known):,} chats in {meta['seconds']} s")
         return cls.load(clone_dir)
@@ -96,10 +85,6 @@ class Memory:
             exchanges = [Exchange(**orjson.loads(line)) for line in f if line.strip()]
         contacts = json.loads((directory / "contacts.json").read_text(encoding="utf-8"))
         return cls(directory, exchanges, Index.load(directory / "index"), contacts, meta)
-
-    @staticmethod
-    def exists(clone_dir: Path) -> bool:
-        return (Path(clone_dir) / MEMORY / "memory.json").is_file()
 
     # -- recalling -------------------------------------------------------------------------------------
     def recall(self, history: Sequence[dict[str, str]], chat: str | None, settings: RecallSettings = RecallSettings(),
@@ -203,19 +188,9 @@ class Memory:
         db.execute("VACUUM")  # no deleted rows left in the file's free pages
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.close()
-        contacts = {k: v for k, v in self.contacts.items() if k != chat}
         index = Index.build(kept)
-        live = self.directory / "live.sqlite"
-        with atomic_dir(self.directory, force=True, what="memory") as tmp:
-            with open(tmp / "exchanges.jsonl", "wb") as f:
-                for e in kept:
-                    f.write(orjson.dumps(e.to_json()) + b"\n")
-            index.save(tmp / "index")
-            write_json(tmp / "contacts.json", contacts)
-            if live.exists():
-                shutil.copy2(live, tmp / live.name)
-            write_json(tmp / "memory.json", self.meta | {"exchanges": len(kept), "chats": len(index.codes)})
-            _private(tmp)
+        _write(self.directory, kept, index, {k: v for k, v in self.contacts.items() if k != chat},
+               self.meta | {"exchanges": len(kept), "chats": len(index.codes)})
         return gone
 
     def chats(self) -> list[dict[str, Any]]:
@@ -227,6 +202,23 @@ class Memory:
             row["exchanges"] += 1
             row["first"], row["last"] = min(row["first"], e.start), max(row["last"], e.start)
         return sorted(rows.values(), key=lambda r: -r["exchanges"])
+
+
+def _write(target: Path, exchanges: list[Exchange], index: Index, contacts: dict[str, str], meta: dict[str, Any]
+           ) -> None:
+    """The memory directory, replaced whole (its live exchanges carried over as they are)."""
+    live = target / "live.sqlite"
+    with atomic_dir(target, force=True, what="memory") as tmp:
+        with open(tmp / "exchanges.jsonl", "wb") as f:
+            for e in exchanges:
+                f.write(orjson.dumps(e.to_json()) + b"\n")
+        index.save(tmp / "index")
+        write_json(tmp / "contacts.json", contacts)
+        for side in (live, live.with_name("live.sqlite-wal"), live.with_name("live.sqlite-shm")):
+            if side.exists():
+                shutil.copy2(side, tmp / side.name)
+        write_json(tmp / "memory.json", meta)
+        _private(tmp)
 
 
 def _private(directory: Path) -> None:
